@@ -1,0 +1,158 @@
+"""The `flowdpo` command line.
+
+    flowdpo run [RUN.yaml]        the whole pipeline on this machine (default: the embedded quickstart)
+    flowdpo status DIR|URI        progress of a run
+    flowdpo report DIR|URI        progressive-accuracy figure + markdown summary
+    flowdpo prepare RUN.yaml      write example shards to the run's storage (cluster: the prepare step)
+    flowdpo validate RUN.yaml     check a run file and print the resolved spec
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _storage_arg(value: str) -> str:
+    """A run folder or URI: a plain path is a local folder."""
+    return value if "://" in value else f"file://{Path(value).resolve()}"
+
+
+def _load(path: str | None):
+    from flowdpo.spec import load_document, quickstart_path
+
+    return load_document(path or quickstart_path())
+
+
+def cmd_run(args) -> int:
+    from flowdpo.metrics import Metrics
+    from flowdpo.runner import run_local
+
+    doc = _load(args.file)
+    if args.storage:
+        doc.spec.storage.uri = _storage_arg(args.storage)
+    metrics = Metrics(doc.name)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+        print(f"metrics: http://127.0.0.1:{args.metrics_port}/metrics", file=sys.stderr)
+    print(f"run {doc.name}: storage {doc.storage_uri()}", file=sys.stderr)
+    progress = run_local(doc, metrics=metrics, show_progress=not args.no_progress)
+    from flowdpo.progress import format_progress
+
+    print(format_progress(progress))
+    if progress["phase"] == "Succeeded" and not args.no_report:
+        from flowdpo.report import write_report
+        from flowdpo.storage import open_store
+
+        paths = write_report(open_store(doc.storage_uri()))
+        print(f"report: {paths['markdown']}\nfigure: {paths['figure']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from flowdpo.progress import format_progress
+    from flowdpo.storage import RunLayout, open_store
+
+    store = open_store(_storage_arg(args.run))
+    progress = store.get_json_or(RunLayout.progress)
+    if progress is None:
+        print(f"{args.run}: no progress.json yet (not a run folder, or the run has not finished a shard)", file=sys.stderr)
+        return 1
+    if args.json:
+        import json
+
+        print(json.dumps(progress, indent=1))
+    else:
+        print(format_progress(progress))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from flowdpo.report import write_report
+    from flowdpo.storage import open_store
+
+    paths = write_report(open_store(_storage_arg(args.run)), out_dir=Path(args.out) if args.out else None)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from flowdpo.prepare import ensure_spec, prepare
+    from flowdpo.storage import open_store
+
+    doc = _load(args.file)
+    store = open_store(doc.storage_uri())
+    ensure_spec(store, doc)
+    m = prepare(store, doc)
+    print(f"{m['examples']} examples in {m['shards']} shards under {doc.storage_uri()}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    doc = _load(args.file)
+    print(doc.to_yaml(), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowdpo", description="Train LLM flows with online DPO (Flow-DPO).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the whole pipeline on this machine (resumes if stopped)")
+    r.add_argument("file", nargs="?", help="FlowDPORun YAML (default: the embedded quickstart)")
+    r.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
+    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("status", help="show a run's progress")
+    s.add_argument("run", help="run folder or storage URI")
+    s.add_argument("--json", action="store_true", help="print progress.json")
+    s.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser("report", help="write the progressive-accuracy figure and a markdown summary")
+    rep.add_argument("run", help="run folder or storage URI")
+    rep.add_argument("--out", help="local output folder (default: <run folder>/report)")
+    rep.set_defaults(func=cmd_report)
+
+    pr = sub.add_parser("prepare", help="write example shards into the run's storage")
+    pr.add_argument("file", help="FlowDPORun YAML")
+    pr.set_defaults(func=cmd_prepare)
+
+    v = sub.add_parser("validate", help="validate a run file and print the resolved spec")
+    v.add_argument("file", help="FlowDPORun YAML")
+    v.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("FLOWDPO_OFFLINE") else None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from flowdpo.models import ModelError
+    from flowdpo.prepare import RunConflictError
+    from flowdpo.spec import SpecError
+    from flowdpo.storage import StoreError
+
+    try:
+        return args.func(args)
+    except (SpecError, ModelError, RunConflictError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything finished so far is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`flowdpo prepare`: materialise the dataset into example shards under the run prefix (idempotent)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from flowdpo.data import Example, load_examples
+from flowdpo.spec import RunDocument
+from flowdpo.storage import ObjectStore, RunLayout
+
+log = logging.getLogger(__name__)
+
+
+class RunConflictError(RuntimeError):
+    """The storage prefix already holds a different run."""
+
+
+def _data_fingerprint(doc: RunDocument) -> str:
+    blob = json.dumps(doc.spec.data.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def ensure_spec(store: ObjectStore, doc: RunDocument) -> None:
+    """Write spec.yaml on first use; refuse to continue a run whose stored spec differs."""
+    text = doc.to_yaml()
+    if store.create(RunLayout.spec, text.encode()):
+        return
+    stored = store.get(RunLayout.spec).decode()
+    if stored != text:
+        raise RunConflictError(
+            f"{store.uri} already holds run files made from a different spec ({RunLayout.spec} differs). "
+            "Resume with the same file, or pick a new metadata.name / storage.uri."
+        )
+
+
+def prepare(store: ObjectStore, doc: RunDocument) -> dict:
+    """Write examples/shard-*.jsonl and then examples/MANIFEST.json; a second call does nothing."""
+    fingerprint = _data_fingerprint(doc)
+    manifest = store.get_json_or(RunLayout.manifest)
+    if manifest is not None:
+        if manifest["fingerprint"] != fingerprint:
+            raise RunConflictError(f"{store.uri}: examples were prepared from a different data spec")
+        return manifest
+    data = doc.spec.data
+    examples, report = load_examples(data)
+    if not examples:
+        raise ValueError(f"data: no usable examples ({report.summary()})")
+    log.info("prepared %s", report.summary())
+    shards = [examples[i : i + data.shard_size] for i in range(0, len(examples), data.shard_size)]
+    for i, shard in enumerate(shards):
+        rows = [ex.to_json() for ex in shard]
+        if not store.create_jsonl(RunLayout.examples(i), rows):
+            # A previous prepare was interrupted after this shard: it must hold the same examples.
+            if store.get_jsonl(RunLayout.examples(i)) != json.loads(json.dumps(rows)):
+                raise RunConflictError(f"{RunLayout.examples(i)} exists with other content")
+    manifest = {
+        "shards": len(shards),
+        "examples": len(examples),
+        "shardSize": data.shard_size,
+        "fingerprint": fingerprint,
+        "skipped": report.skipped,
+    }
+    store.create_json(RunLayout.manifest, manifest)
+    return store.get_json(RunLayout.manifest)
+
+
+def read_shard(store: ObjectStore, shard: int) -> list[Example]:
+    return [Example.from_json(r) for r in store.get_jsonl(RunLayout.examples(shard))]

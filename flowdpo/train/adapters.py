@@ -1,0 +1,82 @@
+"""The flow's two LoRA adapters on one base model, and their peft checkpoint folders."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from flowdpo.spec import LoraSpec
+from flowdpo.storage.layout import ADAPTERS
+
+
+def lora_config(spec: LoraSpec) -> LoraConfig:
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_adapters(model, spec: LoraSpec, seed: int = 0):
+    """Wrap `model` in peft with the 'answer' and 'stop' adapters. LoRA B starts at zero, so both
+    adapters start as the base model (version 0 = the untrained flow)."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, lora_config(spec), adapter_name=ADAPTERS[0])
+    for name in ADAPTERS[1:]:
+        peft_model.add_adapter(name, lora_config(spec))
+    peft_model.set_adapter(ADAPTERS[0])
+    peft_model.eval()
+    return peft_model
+
+
+def adapter_parameters(model, name: str) -> list[torch.nn.Parameter]:
+    params = [p for n, p in model.named_parameters() if "lora_" in n and f".{name}." in n]
+    if not params:
+        raise ValueError(f"model has no LoRA parameters for adapter {name!r}")
+    return params
+
+
+def activate_for_training(model, name: str) -> None:
+    """Make `name` the active adapter and the only trainable parameters."""
+    model.set_adapter(name)
+    for n, p in model.named_parameters():
+        p.requires_grad_("lora_" in n and f".{name}." in n)
+
+
+def adapter_files(model, name: str) -> dict[str, bytes]:
+    """A peft adapter folder as {filename: bytes} (loadable by PeftModel.from_pretrained and vLLM)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    cfg = model.peft_config[name].to_dict()
+    cfg["target_modules"] = sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], set) else cfg["target_modules"]
+    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
+    cfg["base_model_name_or_path"] = None
+    return {
+        "adapter_model.safetensors": save_safetensors(state),
+        "adapter_config.json": (json.dumps(cfg, indent=1, default=str) + "\n").encode(),
+    }
+
+
+def load_adapter_weights(model, name: str, safetensors_bytes: bytes) -> None:
+    state = load_safetensors(safetensors_bytes)
+    result = set_peft_model_state_dict(model, state, adapter_name=name)
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+    if unexpected:
+        raise ValueError(f"adapter {name!r} checkpoint does not match the model: {unexpected[:3]}")
+
+
+def optimizer_bytes(opt: torch.optim.Optimizer) -> bytes:
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    return buf.getvalue()
+
+
+def load_optimizer(opt: torch.optim.Optimizer, data: bytes) -> None:
+    opt.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))

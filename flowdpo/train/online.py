@@ -1,0 +1,212 @@
+"""The online trainer: consumes finished shards in order, trains both adapters with DPO, publishes
+versioned adapters, and checkpoints itself so that a killed run resumes exactly.
+
+Per shard (in shard order):
+  1. count its outcomes into progressive validation accuracy (each example once: a shard is consumed once);
+  2. queue its pairs per adapter; every `batch_size` queued pairs make one optimizer step;
+  3. publish each adapter that stepped as a new version (folder first, then adapters/LATEST.json);
+  4. write a new trainer-state object and move trainer/state/LATEST.json to it.
+A crash between any two writes leaves either the old or the new state; orphaned adapter folders are
+skipped by taking new versions above the highest one in storage, so versions only go up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from flowdpo.spec import RunSpec
+from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.storage.layout import ADAPTERS
+from flowdpo.train.adapters import (
+    activate_for_training,
+    adapter_files,
+    adapter_parameters,
+    load_adapter_weights,
+    load_optimizer,
+    optimizer_bytes,
+)
+from flowdpo.train.dpo import DPOOutput, dpo_loss, sequence_logps
+
+log = logging.getLogger(__name__)
+
+
+def read_pairs(store: ObjectStore, shard: int, results: list[dict] | None = None) -> list[dict]:
+    """The pairs of the attempt whose results won the shard."""
+    if results is None:
+        results = store.get_jsonl(RunLayout.results(shard))
+    if not results:
+        return []
+    return store.get_jsonl(RunLayout.pairs(shard, results[0]["attempt"]))
+
+
+def _per_adapter(value=0):
+    return lambda: {a: value for a in ADAPTERS}
+
+
+@dataclass
+class TrainerState:
+    consumed: list[int] = field(default_factory=list)
+    pending: dict[str, list[list]] = field(default_factory=lambda: {a: [] for a in ADAPTERS})  # [shard, pairId]
+    versions: dict[str, int] = field(default_factory=_per_adapter())
+    steps: dict[str, int] = field(default_factory=_per_adapter())
+    examples: int = 0
+    correct: int = 0
+    baselines: dict[str, list[int]] = field(default_factory=dict)  # name -> [examples, correct]
+    pairs_mined: dict[str, int] = field(default_factory=_per_adapter())
+    pairs_trained: dict[str, int] = field(default_factory=_per_adapter())
+    last: dict[str, dict] = field(default_factory=dict)  # adapter -> {loss, margin, accuracy}
+    elapsed_seconds: float = 0.0
+    finished: bool = False
+
+    @property
+    def progressive_accuracy(self) -> float | None:
+        return self.correct / self.examples if self.examples else None
+
+
+class OnlineTrainer:
+    def __init__(self, model, tokenizer, spec: RunSpec, store: ObjectStore):
+        self.model, self.tokenizer, self.spec, self.store = model, tokenizer, spec, store
+        t = spec.training
+        self.trainable = [a for a in ADAPTERS if getattr(t, f"train_{a}")]
+        self.optimizers = {
+            a: torch.optim.AdamW(adapter_parameters(model, a), lr=t.learning_rate, weight_decay=t.weight_decay)
+            for a in self.trainable
+        }
+        self.state = TrainerState()
+        self._stepped: set[str] = set()
+        self._clock = time.monotonic()
+
+    # -- resume ----------------------------------------------------------------------------------------
+    def restore(self) -> bool:
+        """Load the latest checkpoint from storage into the model and optimizers. False if none."""
+        pointer = self.store.get_json_or(RunLayout.trainer_latest)
+        if pointer is None:
+            return False
+        raw = self.store.get_json(pointer["key"])
+        self.state = TrainerState(**raw)
+        for a in ADAPTERS:
+            v = self.state.versions[a]
+            if v == 0:
+                continue
+            folder = RunLayout.adapter(a, v)
+            load_adapter_weights(self.model, a, self.store.get(f"{folder}/adapter_model.safetensors"))
+            if a in self.optimizers:
+                load_optimizer(self.optimizers[a], self.store.get(f"trainer/optim/{a}/v{v:06d}.pt"))
+        log.info("resumed trainer: %d shards consumed, versions %s", len(self.state.consumed), self.state.versions)
+        return True
+
+    # -- the online loop -------------------------------------------------------------------------------
+    def consume(self, shard: int) -> None:
+        if shard in self.state.consumed:
+            return
+        results = self.store.get_jsonl(RunLayout.results(shard))
+        pairs = read_pairs(self.store, shard, results)
+        st = self.state
+        for r in results:
+            st.examples += 1
+            st.correct += int(r["correct"])
+            for name, ok in r.get("baselines", {}).items():
+                n, c = st.baselines.get(name, [0, 0])
+                st.baselines[name] = [n + 1, c + int(ok)]
+        by_id = {}
+        for p in pairs:
+            st.pairs_mined[p["adapter"]] += 1
+            if p["adapter"] in self.trainable:
+                st.pending[p["adapter"]].append([shard, p["pairId"]])
+                by_id[(shard, p["pairId"])] = p
+        bs = self.spec.training.batch_size
+        for a in self.trainable:
+            while len(st.pending[a]) >= bs:
+                self._train_step(a, st.pending[a][:bs], by_id)
+                st.pending[a] = st.pending[a][bs:]
+        st.consumed.append(shard)
+        self._checkpoint()
+
+    def finish(self) -> None:
+        """Train on the last, partial batches, publish the final adapters and mark the run finished."""
+        if self.state.finished:
+            return
+        for a in self.trainable:
+            if self.state.pending[a]:
+                self._train_step(a, self.state.pending[a], {})
+                self.state.pending[a] = []
+        self.state.finished = True
+        self._checkpoint()
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _load_pairs(self, refs: list[list], known: dict) -> list[dict]:
+        missing = {s for s, pid in refs if (s, pid) not in known}
+        for s in missing:
+            for p in read_pairs(self.store, s):
+                known[(s, p["pairId"])] = p
+        return [known[(s, pid)] for s, pid in refs]
+
+    def _train_step(self, adapter: str, refs: list[list], known: dict) -> DPOOutput:
+        pairs = self._load_pairs(refs, known)
+        t = self.spec.training
+        opt = self.optimizers[adapter]
+        step = self.state.steps[adapter]
+        # Deterministic dropout per (seed, adapter, step): a resumed run repeats the same step exactly.
+        torch.manual_seed(self.spec.seed * 1_000_003 + ADAPTERS.index(adapter) * 100_003 + step)
+        activate_for_training(self.model, adapter)
+        self.model.train()
+        opt.zero_grad(set_to_none=True)
+        outs = []
+        pad = self.tokenizer.pad_token_id
+        for i in range(0, len(pairs), t.micro_batch_size):
+            mb = pairs[i : i + t.micro_batch_size]
+            prompts = [p["promptIds"] for p in mb] * 2
+            comps = [p["chosenIds"] for p in mb] + [p["rejectedIds"] for p in mb]
+            with torch.no_grad(), self.model.disable_adapter():
+                ref = sequence_logps(self.model, prompts, comps, pad)
+            pol = sequence_logps(self.model, prompts, comps, pad)
+            n = len(mb)
+            out = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], t.beta)
+            (out.loss * n / len(pairs)).backward()
+            outs.append((out, n))
+        torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model, adapter), t.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        total = sum(n for _, n in outs)
+        stats = {
+            "loss": sum(float(o.loss) * n for o, n in outs) / total,
+            "margin": sum(o.margin * n for o, n in outs) / total,
+            "accuracy": sum(o.accuracy * n for o, n in outs) / total,
+            "pairs": total,
+        }
+        self.state.steps[adapter] = step + 1
+        self.state.pairs_trained[adapter] += total
+        self.state.last[adapter] = stats
+        self._stepped.add(adapter)
+        log.info("dpo step %s#%d: loss %.4f margin %.4f", adapter, step + 1, stats["loss"], stats["margin"])
+        return outs[-1][0]
+
+    def _next_version(self, adapter: str) -> int:
+        existing = self.store.list(RunLayout.adapter_versions_prefix(adapter))
+        highest = max((RunLayout.version_of(k) for k in existing), default=0)
+        return max(highest, self.state.versions[adapter]) + 1
+
+    def _checkpoint(self) -> None:
+        now = time.monotonic()
+        self.state.elapsed_seconds += now - self._clock
+        self._clock = now
+        for a in sorted(self._stepped):
+            v = self._next_version(a)
+            folder = RunLayout.adapter(a, v)
+            for fname, data in adapter_files(self.model, a).items():
+                self.store.put(f"{folder}/{fname}", data)
+            self.store.put(f"trainer/optim/{a}/v{v:06d}.pt", optimizer_bytes(self.optimizers[a]))
+            self.state.versions[a] = v
+        key = f"trainer/state/{len(self.state.consumed):06d}{'-final' if self.state.finished else ''}.json"
+        self.store.put_json(key, asdict(self.state))
+        self.store.put_json(RunLayout.trainer_latest, {"key": key})
+        if self._stepped:
+            self.store.put_json(RunLayout.adapters_latest, dict(self.state.versions))
+        self._stepped.clear()
