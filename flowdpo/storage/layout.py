@@ -8,7 +8,8 @@ claims/shard-000123.json           who processes a shard (atomic create; cluster
 results/shard-000123.jsonl         per-example outcomes (atomic create: the first finished attempt wins)
 pairs/shard-000123/<attempt>.jsonl mined DPO pairs with lineage; written before results, which name the attempt
 trainer/state/LATEST.json          pointer to the newest trainer checkpoint
-trainer/state/step-000012.pt       consumed shards, optimizer + RNG state, pending pairs, counters
+trainer/state/000012.json          after 12 shards: consumed shards, pending pairs, counters, versions
+trainer/optim/answer/v000017.pt    Adam state of an adapter version (resume continues the same optimizer)
 adapters/answer/v000017/           peft adapter folder (adapter_config.json, adapter_model.safetensors)
 adapters/LATEST.json               {"answer": 17, "stop": 12}: current versions (written after the folders)
 progress.json                      examples, correct, progressive accuracy, pairs, versions, ETA
@@ -55,8 +56,14 @@ class RunLayout:
         return f"pairs/{cls.shard_name(shard)}/{attempt}.jsonl"
 
     @staticmethod
-    def trainer_state(step: int) -> str:
-        return f"trainer/state/step-{step:06d}.pt"
+    def trainer_state(consumed: int, final: bool = False) -> str:
+        """Trainer checkpoint after `consumed` shards (JSON: counters, pending pairs, versions)."""
+        return f"trainer/state/{consumed:06d}{'-final' if final else ''}.json"
+
+    @staticmethod
+    def optimizer(name: str, version: int) -> str:
+        """Adam state of an adapter as published at `version` (torch.save)."""
+        return f"trainer/optim/{name}/v{version:06d}.pt"
 
     @staticmethod
     def adapter(name: str, version: int) -> str:

@@ -95,7 +95,7 @@ class OnlineTrainer:
             folder = RunLayout.adapter(a, v)
             load_adapter_weights(self.model, a, self.store.get(f"{folder}/adapter_model.safetensors"))
             if a in self.optimizers:
-                load_optimizer(self.optimizers[a], self.store.get(f"trainer/optim/{a}/v{v:06d}.pt"))
+                load_optimizer(self.optimizers[a], self.store.get(RunLayout.optimizer(a, v)))
         log.info("resumed trainer: %d shards consumed, versions %s", len(self.state.consumed), self.state.versions)
         return True
 
@@ -176,7 +176,7 @@ class OnlineTrainer:
             p.requires_grad_(False)
         total = sum(n for _, n in outs)
         stats = {
-            "loss": sum(float(o.loss) * n for o, n in outs) / total,
+            "loss": sum(o.loss.item() * n for o, n in outs) / total,
             "margin": sum(o.margin * n for o, n in outs) / total,
             "accuracy": sum(o.accuracy * n for o, n in outs) / total,
             "pairs": total,
@@ -202,11 +202,16 @@ class OnlineTrainer:
             folder = RunLayout.adapter(a, v)
             for fname, data in adapter_files(self.model, a).items():
                 self.store.put(f"{folder}/{fname}", data)
-            self.store.put(f"trainer/optim/{a}/v{v:06d}.pt", optimizer_bytes(self.optimizers[a]))
+            self.store.put(RunLayout.optimizer(a, v), optimizer_bytes(self.optimizers[a]))
             self.state.versions[a] = v
-        key = f"trainer/state/{len(self.state.consumed):06d}{'-final' if self.state.finished else ''}.json"
+        key = RunLayout.trainer_state(len(self.state.consumed), self.state.finished)
         self.store.put_json(key, asdict(self.state))
         self.store.put_json(RunLayout.trainer_latest, {"key": key})
         if self._stepped:
             self.store.put_json(RunLayout.adapters_latest, dict(self.state.versions))
+        # Adam states of superseded versions are no longer reachable from the state pointer.
+        for a in sorted(self._stepped):
+            for key in self.store.list(f"trainer/optim/{a}/"):
+                if key != RunLayout.optimizer(a, self.state.versions[a]):
+                    self.store.delete(key)
         self._stepped.clear()

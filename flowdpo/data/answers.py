@@ -1,0 +1,86 @@
+"""Pure-text helpers that find the gold FINAL answer inside a dataset's worked solution.
+
+They are shared by the dataset loaders (gold side) and by `flowdpo.grading` (prediction side), so
+they import nothing heavy: `flowdpo.grading` must stay cheap to import in rollout workers.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+
+
+class UnclosedBox(ValueError):
+    """The last `\\boxed{` has no matching `}`: the text was cut off inside the answer."""
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the LAST `\\boxed{...}` / `\\fbox{...}` (nested braces kept), or None if there is none.
+
+    `\\boxed 5` (no braces, seen in MATH) yields the next whitespace-delimited token. An unclosed last
+    box raises `UnclosedBox`, because a truncated answer must not be mistaken for a finished one.
+    """
+    starts = [m.end() for m in _BOX_RE.finditer(text)]
+    if not starts:
+        return None
+    i = starts[-1]
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        raise UnclosedBox("\\boxed at end of text")
+    if text[i] != "{":
+        token = re.match(r"[^\s$]+", text[i:])
+        return token.group(0) if token else None
+    depth = 0
+    j = i
+    while j < len(text):
+        c = text[j]
+        if c == "\\":  # an escaped character (\{, \}, \\) never opens or closes a group
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+        j += 1
+    raise UnclosedBox("unclosed \\boxed{")
+
+
+def gsm8k_final(answer_text: str) -> str | None:
+    """GSM8K: the number after the last `####`, thousands separators and `$` removed ("1,234" -> "1234")."""
+    if "####" not in answer_text:
+        return None
+    tail = answer_text.rsplit("####", 1)[1].strip().split("\n", 1)[0]
+    tail = tail.replace(",", "").replace("$", "").strip().rstrip(".").strip()
+    return tail or None
+
+
+def math_final(solution: str) -> str | None:
+    """MATH: the content of the last `\\boxed{}`/`\\fbox{}` in the solution (None if absent/unclosed)."""
+    try:
+        boxed = last_boxed(solution)
+    except UnclosedBox:
+        return None
+    if boxed is None:
+        return None
+    boxed = boxed.strip()
+    return boxed or None
+
+
+def metamath_final(response: str) -> str | None:
+    """MetaMathQA: the text after the last "The answer is:" (a trailing period is dropped)."""
+    matches = list(re.finditer(r"The answer is\s*:?", response, re.IGNORECASE))
+    if not matches:
+        return None
+    tail = response[matches[-1].end() :].strip()
+    tail = tail.rstrip().rstrip(".").strip()
+    return tail or None
+
+
+def clean_gsm8k_solution(answer_text: str) -> str:
+    """GSM8K worked solution without the `<<48/2=24>>` calculator annotations (noise for SFT targets)."""
+    return _CALCULATOR_RE.sub("", answer_text).strip()
