@@ -94,6 +94,12 @@ class FlowSpec(_Model):
 
 class TrainingSpec(_Model):
     learning_rate: float = Field(5e-6, gt=0.0, lt=1.0, description="Adam learning rate (paper: 5e-6).")
+    stop_learning_rate: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Learning rate of the Stop adapter if it should differ (its pairs are single tokens).",
+    )
     beta: float = Field(1.0, gt=0.0, description="DPO beta (paper: 1.0).")
     batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, per adapter (paper: 32).")
     micro_batch_size: int = Field(8, ge=1, description="Pairs per forward/backward pass (memory bound).")
@@ -104,6 +110,11 @@ class TrainingSpec(_Model):
     max_pairs_per_example: int | None = Field(
         None, ge=1, description="Cap on pairs kept per example and adapter (None = all)."
     )
+
+    def lr(self, adapter: str) -> float:
+        if adapter == "stop" and self.stop_learning_rate is not None:
+            return self.stop_learning_rate
+        return self.learning_rate
 
 
 class ReasoningGymTask(_Model):

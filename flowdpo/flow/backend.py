@@ -28,6 +28,10 @@ class GenerationBackend(Protocol):
     def next_token_logprobs(self, contexts: list[list[int]], adapter: str | None, token_ids: list[int]) -> list[list[float]]:
         """Log-probabilities of `token_ids` as the next token after each context (the Stop decision)."""
 
+    def load_adapter(self, name: str, version: int, files: dict[str, bytes]) -> None:
+        """Serve `files` (a peft adapter folder: {filename: bytes}) as adapter `name` at `version`;
+        requests issued after this call use it."""
+
 
 class TransformersBackend:
     """Both adapters on one in-process peft model; batches are left-padded and length-sorted."""
@@ -44,7 +48,14 @@ class TransformersBackend:
         return dict(self._versions)
 
     def set_versions(self, versions: dict[str, int]) -> None:
+        """The in-process trainer updated the shared model's weights itself: only record the versions."""
         self._versions.update(versions)
+
+    def load_adapter(self, name: str, version: int, files: dict[str, bytes]) -> None:
+        from flowdpo.train.adapters import load_adapter_weights
+
+        load_adapter_weights(self.model, name, files["adapter_model.safetensors"])
+        self._versions[name] = version
 
     @contextlib.contextmanager
     def _adapter(self, adapter: str | None):

@@ -73,7 +73,7 @@ class OnlineTrainer:
         t = spec.training
         self.trainable = [a for a in ADAPTERS if getattr(t, f"train_{a}")]
         self.optimizers = {
-            a: torch.optim.AdamW(adapter_parameters(model, a), lr=t.learning_rate, weight_decay=t.weight_decay)
+            a: torch.optim.AdamW(adapter_parameters(model, a), lr=t.lr(a), weight_decay=t.weight_decay)
             for a in self.trainable
         }
         self.state = TrainerState()
@@ -96,6 +96,11 @@ class OnlineTrainer:
             load_adapter_weights(self.model, a, self.store.get(f"{folder}/adapter_model.safetensors"))
             if a in self.optimizers:
                 load_optimizer(self.optimizers[a], self.store.get(RunLayout.optimizer(a, v)))
+        # A crash between the state pointer and adapters/LATEST.json left the pointer one step behind:
+        # publish the committed versions now (otherwise a run whose last step was that one would never
+        # announce its final adapters to the workers).
+        if any(self.state.versions.values()) and self.store.get_json_or(RunLayout.adapters_latest) != self.state.versions:
+            self.store.put_json(RunLayout.adapters_latest, dict(self.state.versions))
         log.info("resumed trainer: %d shards consumed, versions %s", len(self.state.consumed), self.state.versions)
         return True
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up the environment (cached) and run the whole test suite. CI runs exactly this (.ci/run).
+#   bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Convert the embedded model once (cached in ~/.cache/flowdpo/models) before the tests time anything.
+.venv/bin/python -c "from flowdpo.models import resolve_model_path; from flowdpo.spec import ModelSpec; resolve_model_path(ModelSpec())"
+exec .venv/bin/python -m pytest -ra --timeout=1200 "$@"
