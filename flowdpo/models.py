@@ -110,6 +110,12 @@ def load_base_model(spec: ModelSpec, device: str = "auto"):
     """Load (model, tokenizer) with a left-padding tokenizer that has a pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import torch
+
+    # Torch uses every core by default; on a shared machine (several workers, a vLLM server) that
+    # oversubscribes the CPU and slows everything down many times: FLOWDPO_TORCH_THREADS caps it.
+    if os.environ.get("FLOWDPO_TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["FLOWDPO_TORCH_THREADS"]))
     path = resolve_model_path(spec)
     dev = pick_device(device)
     dtype = pick_dtype(spec.dtype, dev)

@@ -28,11 +28,28 @@ def ensure_spec(store: ObjectStore, doc: RunDocument) -> None:
     if store.create(RunLayout.spec, text.encode()):
         return
     stored = store.get(RunLayout.spec).decode()
-    if stored != text:
+    if stored != text and not _same_training(stored, doc):
         raise RunConflictError(
             f"{store.uri} already holds run files made from a different spec ({RunLayout.spec} differs). "
             "Resume with the same file, or pick a new metadata.name / storage.uri."
         )
+
+
+def _same_training(stored_yaml: str, doc: RunDocument) -> bool:
+    """True when the stored spec differs from `doc` only in its `compile` section (which may be added or
+    changed after training: it is read by `flowdpo compile` / `flowdpo eval`, never by training)."""
+    import yaml
+
+    from flowdpo.spec import SpecError, parse_document
+
+    try:
+        stored = parse_document(yaml.safe_load(stored_yaml), RunLayout.spec)
+    except (SpecError, yaml.YAMLError):
+        return False
+    return (stored.name, stored.spec.model_dump(mode="json", exclude={"compile"})) == (
+        doc.name,
+        doc.spec.model_dump(mode="json", exclude={"compile"}),
+    )
 
 
 def prepare(store: ObjectStore, doc: RunDocument) -> dict:

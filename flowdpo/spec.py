@@ -191,6 +191,137 @@ class RolloutSpec(_Model):
     )
 
 
+class SftLoraSpec(LoraSpec):
+    """LoRA of the compiled (SFT) model: the paper's compile settings are r 16 / alpha 16."""
+
+    r: int = Field(16, ge=1, le=256, description="LoRA rank (paper, compile SFT: 16).")
+    alpha: int = Field(16, ge=1, description="LoRA alpha (paper, compile SFT: 16).")
+
+
+class SftSpec(_Model):
+    """Supervised fine-tuning of one model per trace source (identical for every source)."""
+
+    lora: SftLoraSpec = Field(
+        default_factory=SftLoraSpec,
+        description="LoRA of the compiled model (paper: r 16, alpha 16, dropout 0.05, all linear layers).",
+    )
+    learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Adam learning rate (paper: 2e-4).")
+    epochs: float = Field(3.0, gt=0.0, description="Passes over the kept traces (paper: 3).")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Linear warmup, share of all steps (paper: 0.1).")
+    batch_size: int = Field(16, ge=1, description="Traces per forward/backward pass, per device (paper: 16).")
+    gradient_accumulation: int = Field(
+        2, ge=1, description="Passes accumulated per optimizer step (paper: 2; one step sees batchSize x this)."
+    )
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping (paper: 1.0).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_length: int = Field(1024, ge=16, description="Max tokens of prompt + trace (longer ones are truncated).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (CPU-scale smoke runs; None = all epochs)."
+    )
+
+
+class EvalSetSpec(_Model):
+    """One evaluation set. Its questions are checked to be disjoint from training and compile questions."""
+
+    name: Literal["heldout", "gsm8k", "math", "jsonl", "parquet"] = Field(
+        ...,
+        description="'heldout': questions of the run's own data source that are not training or compile "
+        "questions (procedural tasks: separate seed streams; hub sources: the test split); 'gsm8k' / 'math': "
+        "those datasets (hub or local files); 'jsonl' / 'parquet': a local file with questionField/answerField.",
+    )
+    label: str | None = Field(None, description="Column name in the table (default: derived from name/split).")
+    path: str | None = Field(None, description="Hub dataset name or local file/folder (gsm8k, math, jsonl, parquet).")
+    hub_config: str | None = Field(None, description="Hub dataset config name.")
+    split: str = Field("test", description="Split to evaluate on (gsm8k / math / files).")
+    num_questions: int | None = Field(
+        None, ge=1, description="Questions evaluated (a seeded sample; None = the whole split; required for heldout)."
+    )
+    question_field: str | None = Field(None, description="Question column for jsonl/parquet files.")
+    answer_field: str | None = Field(None, description="Answer column for jsonl/parquet files.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSetSpec:
+        if self.name in ("jsonl", "parquet") and not self.path:
+            raise ValueError(f"path is required for an eval set named '{self.name}'")
+        if self.name == "heldout" and self.num_questions is None:
+            raise ValueError("numQuestions is required for the heldout eval set")
+        return self
+
+    @property
+    def id(self) -> str:
+        """Stable key of the set (storage keys, table columns)."""
+        if self.label:
+            raw = self.label
+        elif self.name == "heldout":
+            raw = "heldout"
+        else:
+            raw = f"{self.name}-{self.split}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw).strip("-").lower() or self.name
+
+    @property
+    def title(self) -> str:
+        if self.label:
+            return self.label
+        names = {"heldout": "held-out tasks", "gsm8k": "GSM8K", "math": "MATH"}
+        return names["heldout"] if self.name == "heldout" else f"{names.get(self.name, self.name)} {self.split}"
+
+
+class EvaluationSpec(_Model):
+    sets: list[EvalSetSpec] | None = Field(
+        None,
+        description="Evaluation sets. None: GSM8K test + MATH test (the paper), or 200 held-out questions when "
+        "data.source is reasoning-gym (the embedded default).",
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Answer length budget (None = flow.chunkTokens x flow.maxChunks, the flow's budget)."
+    )
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy decoding).")
+    batch_size: int = Field(16, ge=1, description="Questions per generation batch.")
+
+    @field_validator("sets")
+    @classmethod
+    def _unique_ids(cls, v: list[EvalSetSpec] | None) -> list[EvalSetSpec] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must name at least one eval set (or be omitted)")
+            ids = [s.id for s in v]
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise ValueError(f"eval sets need distinct labels; repeated: {dup}")
+        return v
+
+    def resolved_sets(self, data: DataSpec) -> list[EvalSetSpec]:
+        if self.sets is not None:
+            return list(self.sets)
+        if data.source == "reasoning-gym":
+            return [EvalSetSpec(name="heldout", num_questions=200)]
+        return [EvalSetSpec(name="gsm8k"), EvalSetSpec(name="math")]
+
+
+class CompileSpec(_Model):
+    """After training: traces of the trained flow -> SFT one model per trace source -> evaluation (Table 1)."""
+
+    num_questions: int = Field(
+        1500,
+        ge=1,
+        description="Compile questions (paper: 1,500): the data.numExamples.. window of the run's data source, "
+        "right after the training questions.",
+    )
+    samples_per_question: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Attempts per question of each generated source (trained flow; base model = rejection "
+        "sampling); the first correct attempt is kept.",
+    )
+    batch_questions: int = Field(16, ge=1, description="Questions per generation batch (also the unit of resume).")
+    max_traces: int | None = Field(
+        None, ge=1, description="Cap on kept traces per source after the equal-data selection (None = all)."
+    )
+    sft: SftSpec = Field(default_factory=SftSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+
 class RunSpec(_Model):
     model: ModelSpec = Field(default_factory=ModelSpec)
     lora: LoraSpec = Field(default_factory=LoraSpec)
@@ -200,6 +331,9 @@ class RunSpec(_Model):
     baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    compile: CompileSpec = Field(
+        default_factory=CompileSpec, description="Compile and evaluate after training (`flowdpo compile`, `flowdpo eval`)."
+    )
     seed: int = Field(0, description="Seed for sampling and training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of in-process models.")
 

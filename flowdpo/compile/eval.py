@@ -1,0 +1,320 @@
+"""`flowdpo eval`: the compile table (paper Table 1) - accuracy of the base model 0-shot and of each SFT model.
+
+Rows: `zero-shot` (the base model, adapters disabled) and `sft-<source>` for every SFT adapter in storage
+(ground truth, self-generated, flow-generated). Columns: the eval sets of `compile.evaluation` (default:
+GSM8K test + MATH test; held-out procedural tasks when the run trains on reasoning-gym). Every row answers
+with the same prompt (the Answer LLM's system prompt + the question) in one pass, greedy by default, with the
+flow's token budget; answers are graded with `flowdpo.grading.grade`. Each cell: accuracy, 95% Wilson
+interval, correct/n.
+
+No evaluation question may be a training or compile question: sets are filtered against the run's
+prepared training examples, the compile questions and the kept traces (by normalized question text), and
+`check_disjoint` then raises `EvalLeakError` if any overlap is left - a bug guard that never relies on a
+loader's promise. For procedural tasks the held-out stream is also generated as disjoint from the
+training + compile windows (`load_heldout_examples` with the extended window).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flowdpo.compile import SOURCE_LABELS
+from flowdpo.compile.common import (
+    CompileError,
+    EvalLeakError,
+    normalize_question,
+    open_run,
+    stored_compile_questions,
+    training_questions,
+)
+from flowdpo.data import Example, load_heldout_examples
+from flowdpo.grading import grade
+from flowdpo.report import wilson_interval
+from flowdpo.spec import DataSpec, EvalSetSpec, RunDocument
+from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.storage.layout import COMPILE_SOURCES
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT = "zero-shot"
+ROW_LABELS = {ZERO_SHOT: "0-shot", **{f"sft-{s}": label for s, label in SOURCE_LABELS.items()}}
+
+
+# -- the questions evaluation must never see ---------------------------------------------------------
+def forbidden_questions(store: ObjectStore) -> dict[str, str]:
+    """normalized question -> where it is used (training / compile / traces)."""
+    out: dict[str, str] = {}
+    for ex in training_questions(store):
+        out.setdefault(normalize_question(ex.question), f"training:{ex.id}")
+    for ex in stored_compile_questions(store):
+        out.setdefault(normalize_question(ex.question), f"compile:{ex.id}")
+    for s in COMPILE_SOURCES:
+        if store.exists(RunLayout.compile_traces(s)):
+            for t in store.get_jsonl(RunLayout.compile_traces(s)):
+                out.setdefault(normalize_question(t["question"]), f"traces/{s}:{t['exampleId']}")
+    return out
+
+
+def check_disjoint(examples: Iterable[Example], forbidden: Mapping[str, str], where: str = "eval") -> None:
+    """Raise EvalLeakError if an evaluation question is also a training or compile question."""
+    leaks = [(ex.id, forbidden[k]) for ex in examples if (k := normalize_question(ex.question)) in forbidden]
+    if leaks:
+        shown = ", ".join(f"{a} = {b}" for a, b in leaks[:5])
+        raise EvalLeakError(
+            f"{where}: {len(leaks)} evaluation question(s) also used for training/compile: {shown}"
+        )
+
+
+def _drop_forbidden(examples: Iterable[Example], forbidden: Mapping[str, str]) -> tuple[list[Example], int]:
+    kept, dropped, seen = [], 0, set()
+    for ex in examples:
+        k = normalize_question(ex.question)
+        if k in forbidden or k in seen:
+            dropped += 1
+            continue
+        seen.add(k)
+        kept.append(ex)
+    return kept, dropped
+
+
+def load_eval_set(
+    doc: RunDocument, es: EvalSetSpec, forbidden: Mapping[str, str]
+) -> tuple[list[Example], dict]:
+    """The questions of one eval set, without any training/compile question; (examples, info)."""
+    data = doc.spec.data
+    if es.name == "heldout":
+        assert es.num_questions is not None
+        # Generate the held-out stream as disjoint from the training AND the compile window.
+        window = data.model_copy(update={"num_examples": data.num_examples + doc.spec.compile.num_questions})
+        extra = 0
+        while True:
+            try:
+                raw = load_heldout_examples(window, es.num_questions + extra)
+            except ValueError as e:
+                raise CompileError(f"eval set {es.id!r}: {e}") from None
+            kept, dropped = _drop_forbidden(raw, forbidden)
+            if len(kept) >= es.num_questions or extra >= 4 * es.num_questions:
+                break
+            extra += max(es.num_questions - len(kept), 8)
+        kept = kept[: es.num_questions]
+        source = f"held-out {data.source}"
+    else:
+        spec = DataSpec(
+            source=es.name,
+            path=es.path,
+            hub_config=es.hub_config,
+            split=es.split,
+            question_field=es.question_field,
+            answer_field=es.answer_field,
+            seed=data.seed,
+        )
+        from flowdpo.data.sources import load_source_examples
+
+        raw, _report = load_source_examples(spec, split=es.split, limit=None)
+        kept, dropped = _drop_forbidden(raw, forbidden)
+        if es.num_questions is not None:
+            kept = kept[: es.num_questions]
+        source = es.path or es.name
+    if not kept:
+        raise CompileError(f"eval set {es.id!r}: no usable question left")
+    check_disjoint(kept, forbidden, f"eval set {es.id!r}")
+    info = {
+        "id": es.id,
+        "title": es.title,
+        "name": es.name,
+        "split": es.split,
+        "source": source,
+        "questions": len(kept),
+        "droppedOverlapping": dropped,
+    }
+    return kept, info
+
+
+# -- models ----------------------------------------------------------------------------------------
+def sft_sources_in_store(store: ObjectStore) -> list[str]:
+    return [s for s in COMPILE_SOURCES if store.exists(RunLayout.sft_log(s))]
+
+
+def load_eval_model(doc: RunDocument, store: ObjectStore, sources: Sequence[str]):
+    """(backend, prompts): the base model with each SFT adapter loaded under the name `sft-<source>`."""
+    from peft import PeftModel
+
+    from flowdpo.flow.backend import TransformersBackend
+    from flowdpo.flow.prompts import PromptBuilder
+    from flowdpo.models import load_base_model
+
+    spec = doc.spec
+    model, tok = load_base_model(spec.model, spec.device)
+    with tempfile.TemporaryDirectory(prefix="flowdpo-eval-") as tmp:
+        for i, s in enumerate(sources):
+            folder = Path(tmp) / s
+            folder.mkdir()
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                (folder / name).write_bytes(store.get(f"{RunLayout.sft_adapter(s)}/{name}"))
+            if i == 0:
+                model = PeftModel.from_pretrained(model, str(folder), adapter_name=f"sft-{s}")
+            else:
+                model.load_adapter(str(folder), adapter_name=f"sft-{s}")
+    if not sources:  # the zero-shot row runs under disable_adapter(): give the model a (zero) adapter
+        from peft import get_peft_model
+
+        from flowdpo.train.adapters import lora_config
+
+        model = get_peft_model(model, lora_config(spec.compile.sft.lora))
+    from flowdpo.compile.traces import inference_dtype
+
+    inference_dtype(model)
+    prompts = PromptBuilder(tok, spec.flow)
+    backend = TransformersBackend(model, tok, prompts.eos_ids, max_batch=spec.compile.evaluation.batch_size)
+    return backend, prompts
+
+
+def answer_questions(
+    backend,
+    prompts,
+    adapter: str | None,
+    examples: Sequence[Example],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> list[dict]:
+    import torch
+
+    torch.manual_seed(seed)
+    outs = backend.generate(
+        [prompts.answer_prompt(ex.question) for ex in examples], adapter, max_new_tokens, temperature, 1.0
+    )
+    rows = []
+    for ex, ids in zip(examples, outs):
+        text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
+        g = grade(text, ex.answer)
+        rows.append(
+            {
+                "exampleId": ex.id,
+                "question": ex.question,
+                "gold": ex.answer,
+                "answer": text,
+                "extracted": g.extracted,
+                "correct": g.correct,
+                "tokens": len(ids),
+            }
+        )
+    return rows
+
+
+def cell(rows: Sequence[dict]) -> dict[str, Any]:
+    n = len(rows)
+    k = sum(1 for r in rows if r["correct"])
+    lo, hi = wilson_interval(k, n)
+    return {"examples": n, "correct": k, "accuracy": k / n if n else None, "ci95": [lo, hi] if n else None}
+
+
+# -- the table -------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def render_table(table: dict[str, Any]) -> str:
+    sets = table["sets"]
+    lines = [f"# Compile table: run `{table['run']}`", ""]
+    lines.append(
+        f"- Base model: `{table['model']}`; SFT traces per source: {table.get('tracesPerSource', '-')} "
+        "(the same questions for every source)"
+    )
+    lines.append(
+        "- Accuracy in %, with the 95% Wilson interval and correct/n; greedy decoding"
+        if table["temperature"] == 0
+        else f"- Accuracy in %; temperature {table['temperature']}"
+    )
+    lines.append("- Evaluation questions share no question with the training or compile questions (checked).")
+    lines += [
+        "",
+        "| model | " + " | ".join(f"{s['title']} (n={s['questions']})" for s in sets) + " |",
+        "|---" * (len(sets) + 1) + "|",
+    ]
+    for row in table["rows"]:
+        cells = []
+        for s in sets:
+            c = row["results"].get(s["id"])
+            if not c or not c["examples"]:
+                cells.append("-")
+                continue
+            lo, hi = c["ci95"]
+            cells.append(f"{_pct(c['accuracy'])} [{_pct(lo)}, {_pct(hi)}] ({c['correct']}/{c['examples']})")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Generated by `flowdpo eval`; numbers in table.json, per-question outcomes in eval/outcomes/.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate_run(
+    doc: RunDocument, *, require_finished: bool = True, show_progress: bool = False
+) -> dict[str, Any]:
+    """Evaluate the 0-shot base model and every SFT model of the run; write eval/ and return the table."""
+    import json
+
+    spec = doc.spec
+    ev = spec.compile.evaluation
+    store = open_run(doc, require_finished=require_finished)
+    forbidden = forbidden_questions(store)
+    sets = []
+    for es in ev.resolved_sets(spec.data):
+        examples, info = load_eval_set(doc, es, forbidden)
+        sets.append((es, examples, info))
+    sources = sft_sources_in_store(store)
+    rows = [ZERO_SHOT] + [f"sft-{s}" for s in sources]
+    backend, prompts = load_eval_model(doc, store, sources)
+    max_new = ev.max_new_tokens or spec.flow.chunk_tokens * spec.flow.max_chunks
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rows) * len(sets), unit="cell", desc="eval", dynamic_ncols=True)
+    out_rows = []
+    everything = [ex for _, examples, _ in sets for ex in examples]  # one batched call per row
+    for row in rows:
+        adapter = None if row == ZERO_SHOT else row
+        answered = answer_questions(backend, prompts, adapter, everything, max_new, ev.temperature, spec.seed)
+        results, start = {}, 0
+        for es, examples, info in sets:
+            outcomes = answered[start : start + len(examples)]
+            start += len(examples)
+            store.put(
+                RunLayout.eval_outcomes(row, es.id),
+                "".join(json.dumps(r, sort_keys=True) + "\n" for r in outcomes).encode(),
+            )
+            results[es.id] = cell(outcomes)
+            if bar is not None:
+                bar.update(1)
+        entry: dict[str, Any] = {"row": row, "label": ROW_LABELS[row], "results": results}
+        if row != ZERO_SHOT:
+            entry["sftLog"] = RunLayout.sft_log(row.removeprefix("sft-"))
+        out_rows.append(entry)
+    if bar is not None:
+        bar.close()
+    del backend
+    gc.collect()
+    manifest = store.get_json_or(RunLayout.compile_manifest) or {}
+    table = {
+        "run": doc.name,
+        "model": spec.model.name,
+        "temperature": ev.temperature,
+        "maxNewTokens": max_new,
+        "tracesPerSource": manifest.get("tracesPerSource"),
+        "adapterVersions": manifest.get("adapterVersions"),
+        "sets": [info for _, _, info in sets],
+        "rows": out_rows,
+        "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.put_json(RunLayout.eval_table_json, table)
+    store.put(RunLayout.eval_table_md, render_table(table).encode())
+    return table
