@@ -5,6 +5,10 @@
     flowdpo report DIR|URI        progressive-accuracy figure + markdown summary
     flowdpo prepare RUN.yaml      write example shards to the run's storage (cluster: the prepare step)
     flowdpo validate RUN.yaml     check a run file and print the resolved spec
+    flowdpo worker RUN.yaml       rollout worker over the run's object store (cluster; see flowdpo/distributed)
+    flowdpo trainer RUN.yaml      trainer service over the run's object store (cluster)
+    flowdpo compile RUN.yaml      after training: traces (flow, base model, ground truth) + SFT per source
+    flowdpo eval RUN.yaml         the compile table: 0-shot and SFT models on the eval sets, 95% CIs
 """
 
 from __future__ import annotations
@@ -128,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a run file and print the resolved spec")
     v.add_argument("file", help="FlowDPORun YAML")
     v.set_defaults(func=cmd_validate)
+
+    from flowdpo.distributed.cli import add_subparsers as add_distributed_subparsers
+
+    add_distributed_subparsers(sub)  # worker, trainer
+    from flowdpo.compile.cli import add_subparsers as add_compile_subparsers
+
+    add_compile_subparsers(sub)  # compile, eval
     return p
 
 

@@ -39,7 +39,20 @@ class Metrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
         )
         self.shards_done = Counter("flowdpo_shards_total", "Shards processed", ["run", "stage"], registry=r)
+        self.claims = Counter(
+            "flowdpo_shard_claims_total", "Shard claims won (kind: new, or takeover of an expired/released claim)",
+            ["run", "kind"], registry=r,
+        )
+        self.leases_lost = Counter("flowdpo_shard_leases_lost_total", "Claims lost to a takeover while processing", L, registry=r)
+        self.pending_shards = Gauge(
+            "flowdpo_pending_shards", "Finished shards waiting for the trainer (bounded by rollout.maxPendingShards)", L, registry=r
+        )
         self.phase = Gauge("flowdpo_run_phase", "1 for the run's current phase", ["run", "phase"], registry=r)
+        # Export every adapter's series from the start (at 0), so dashboards and rate() see them
+        # before the first pair of that adapter arrives.
+        for adapter in ("answer", "stop"):
+            for family in (self.pairs_mined, self.pairs_trained, self.trainer_steps):
+                family.labels(run, adapter)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

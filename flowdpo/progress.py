@@ -1,11 +1,14 @@
-"""progress.json: the one summary every component and the operator read (written by the trainer)."""
+"""progress.json: the one summary every component and the operator read (written by the trainer:
+`flowdpo run` and `flowdpo trainer` both publish it with `publish_progress`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+from flowdpo.metrics import Metrics
+from flowdpo.storage import ObjectStore, RunLayout
 from flowdpo.storage.layout import ADAPTERS
-from flowdpo.train.online import TrainerState
+from flowdpo.train.online import OnlineTrainer, TrainerState
 
 
 def build_progress(run: str, phase: str, state: TrainerState, manifest: dict) -> dict:
@@ -59,3 +62,44 @@ def format_progress(p: dict) -> str:
         f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
     )
     return "\n".join(lines)
+
+
+def publish_progress(
+    store: ObjectStore, doc, trainer: OnlineTrainer, manifest, metrics: Metrics, phase: str, *, worker_in_process: bool = True
+) -> dict:
+    """Write progress.json from the trainer's state and bring the trainer-side metrics up to it.
+    `worker_in_process`: the rollouts run on the trainer's own model (`flowdpo run`), so the worker
+    serves the trainer's versions (no lag); a separate `flowdpo trainer` process leaves those to workers."""
+    st = trainer.state
+    progress = build_progress(doc.name, phase, st, manifest)
+    store.put_json(RunLayout.progress, progress)
+    run = doc.name
+    metrics.set_phase(phase)
+    _set_counter(metrics.examples.labels(run), st.examples)
+    _set_counter(metrics.examples_correct.labels(run), st.correct)
+    if st.progressive_accuracy is not None:
+        metrics.progressive_accuracy.labels(run).set(st.progressive_accuracy)
+    for name, b in progress["baselines"].items():
+        if b["accuracy"] is not None:
+            metrics.baseline_accuracy.labels(run, name).set(b["accuracy"])
+    for a in ADAPTERS:
+        _set_counter(metrics.pairs_trained.labels(run, a), st.pairs_trained[a])
+        _set_counter(metrics.trainer_steps.labels(run, a), st.steps[a])
+        metrics.adapter_version.labels(run, a, "trainer").set(st.versions[a])
+        if worker_in_process:
+            # Also brings the worker-side counter to the stored total after a resume, and exports 0 for an
+            # adapter that has no pair yet (instead of no sample at all).
+            _set_counter(metrics.pairs_mined.labels(run, a), st.pairs_mined[a])
+            metrics.adapter_version.labels(run, a, "worker").set(st.versions[a])
+            metrics.version_lag.labels(run, a).set(0)
+        if a in st.last:
+            metrics.dpo_loss.labels(run, a).set(st.last[a]["loss"])
+            metrics.dpo_margin.labels(run, a).set(st.last[a]["margin"])
+    return progress
+
+
+def _set_counter(counter, value: float) -> None:
+    """Counters restart at the stored totals after a resume; bring them up to the stored value."""
+    delta = value - counter._value.get()
+    if delta > 0:
+        counter.inc(delta)

@@ -19,10 +19,9 @@ from flowdpo.flow.prompts import PromptBuilder
 from flowdpo.metrics import Metrics
 from flowdpo.models import load_base_model
 from flowdpo.prepare import ensure_spec, prepare
-from flowdpo.progress import build_progress
+from flowdpo.progress import publish_progress as _publish_progress
 from flowdpo.spec import RunDocument
-from flowdpo.storage import ObjectStore, RunLayout, open_store
-from flowdpo.storage.layout import ADAPTERS
+from flowdpo.storage import RunLayout, open_store
 from flowdpo.train.adapters import attach_adapters
 from flowdpo.train.online import OnlineTrainer, read_pairs
 from flowdpo.worker import RolloutWorker
@@ -83,38 +82,6 @@ def run_local(
         _update_bar(bar, trainer, manifest)
         bar.close()
     return progress
-
-
-def _publish_progress(store: ObjectStore, doc, trainer: OnlineTrainer, manifest, metrics: Metrics, phase: str) -> dict:
-    st = trainer.state
-    progress = build_progress(doc.name, phase, st, manifest)
-    store.put_json(RunLayout.progress, progress)
-    run = doc.name
-    metrics.set_phase(phase)
-    _set_counter(metrics.examples.labels(run), st.examples)
-    _set_counter(metrics.examples_correct.labels(run), st.correct)
-    if st.progressive_accuracy is not None:
-        metrics.progressive_accuracy.labels(run).set(st.progressive_accuracy)
-    for name, b in progress["baselines"].items():
-        if b["accuracy"] is not None:
-            metrics.baseline_accuracy.labels(run, name).set(b["accuracy"])
-    for a in ADAPTERS:
-        _set_counter(metrics.pairs_trained.labels(run, a), st.pairs_trained[a])
-        _set_counter(metrics.trainer_steps.labels(run, a), st.steps[a])
-        metrics.adapter_version.labels(run, a, "trainer").set(st.versions[a])
-        metrics.adapter_version.labels(run, a, "worker").set(st.versions[a])
-        metrics.version_lag.labels(run, a).set(0)
-        if a in st.last:
-            metrics.dpo_loss.labels(run, a).set(st.last[a]["loss"])
-            metrics.dpo_margin.labels(run, a).set(st.last[a]["margin"])
-    return progress
-
-
-def _set_counter(counter, value: float) -> None:
-    """Counters restart at the stored totals after a resume; bring them up to the stored value."""
-    delta = value - counter._value.get()
-    if delta > 0:
-        counter.inc(delta)
 
 
 def _progress_bar(manifest: dict, trainer: OnlineTrainer, show: bool):

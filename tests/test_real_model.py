@@ -139,7 +139,7 @@ def test_progressive_accuracy_counts_every_example_once_and_resume_after_sigkill
     cmd = [sys.executable, "-m", "flowdpo.cli", "run", str(killed), "--no-progress", "--no-report"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results0 = tmp_path / "runs" / "killed" / "results" / "shard-000001.jsonl"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1200
     while not results0.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"

@@ -4,7 +4,8 @@
 spec.yaml                          the resolved FlowDPORun document
 examples/shard-000123.jsonl        prepared examples (id, question, gold answer, solution)
 examples/MANIFEST.json             number of shards and examples, written last by `prepare`
-claims/shard-000123.json           who processes a shard (atomic create; cluster workers)
+claims/shard-000123/attempt-0001.json  a worker's claim of a shard (atomic create; the highest attempt owns it)
+claims/shard-000123/lease-0001.json    lease of attempt 1: expiry, renewed (overwritten) by its owner only
 results/shard-000123.jsonl         per-example outcomes (atomic create: the first finished attempt wins)
 pairs/shard-000123/<attempt>.jsonl mined DPO pairs with lineage; written before results, which name the attempt
 trainer/state/LATEST.json          pointer to the newest trainer checkpoint
@@ -14,8 +15,21 @@ adapters/answer/v000017/           peft adapter folder (adapter_config.json, ada
 adapters/LATEST.json               {"answer": 17, "stop": 12}: current versions (written after the folders)
 progress.json                      examples, correct, progressive accuracy, pairs, versions, ETA
 report/                            progress.png, report.md (flowdpo report)
+compile/questions.jsonl            the compile set (Example records; flowdpo compile)
+compile/PLAN.json                  what the candidates depend on (settings, adapter versions); created once
+compile/candidates/<source>/part-000003.jsonl  every attempt of one batch of compile questions, graded
+compile/traces/<source>.jsonl      the kept traces of a source (equal-data selection) with provenance
+compile/MANIFEST.json              the selection: questions, counts per source, rule, provenance (written last)
+compile/sft/<source>/              peft folder of the SFT adapter trained on that source's traces
+compile/sft/<source>.json          its training log (hyperparameters, steps, losses, seconds)
+eval/outcomes/<row>/<set>.jsonl    per-question outcomes of one table row on one eval set (flowdpo eval)
+eval/table.json, eval/table.md     the compile table: accuracy, 95% Wilson CI and n per row and eval set
 ```
-All objects are immutable except the LATEST pointers and progress.json, which are overwritten whole.
+<source> is one of COMPILE_SOURCES (ground-truth, self-generated, flow-generated); <row> is zero-shot or
+sft-<source>.
+All objects are immutable except the LATEST pointers, progress.json and the claim leases, which are
+overwritten whole (a lease only by the worker that created its attempt). The claim protocol is in
+`flowdpo.distributed.claims`; a shard is done when its results object exists.
 """
 
 from __future__ import annotations
@@ -23,7 +37,11 @@ from __future__ import annotations
 import re
 
 ADAPTERS = ("answer", "stop")
+# Trace sources of the compile step (paper Table 1 rows): dataset solutions, base model, trained flow.
+COMPILE_SOURCES = ("ground-truth", "self-generated", "flow-generated")
 _SHARD_RE = re.compile(r"shard-(\d{6})\.")
+_CLAIM_RE = re.compile(r"^claims/shard-(\d{6})/(attempt|lease)-(\d{4,})\.json$")
+_STATE_RE = re.compile(r"^trainer/state/(\d{6})(-final)?\.json$")
 
 
 class RunLayout:
@@ -42,9 +60,28 @@ class RunLayout:
     def examples(cls, shard: int) -> str:
         return f"examples/{cls.shard_name(shard)}.jsonl"
 
+    claims_root = "claims/"
+    results_root = "results/"
+
     @classmethod
-    def claim(cls, shard: int) -> str:
-        return f"claims/{cls.shard_name(shard)}.json"
+    def claim_prefix(cls, shard: int) -> str:
+        return f"claims/{cls.shard_name(shard)}/"
+
+    @classmethod
+    def claim_attempt(cls, shard: int, attempt: int) -> str:
+        """Attempt `attempt` (1, 2, ...) at owning a shard: created once, never changed."""
+        return f"{cls.claim_prefix(shard)}attempt-{attempt:04d}.json"
+
+    @classmethod
+    def claim_lease(cls, shard: int, attempt: int) -> str:
+        """The lease of one attempt: written only by the worker that created that attempt."""
+        return f"{cls.claim_prefix(shard)}lease-{attempt:04d}.json"
+
+    @staticmethod
+    def parse_claim(key: str) -> tuple[int, str, int] | None:
+        """(shard, "attempt"|"lease", attempt number) of a claims/ key; None for other keys."""
+        m = _CLAIM_RE.match(key)
+        return (int(m.group(1)), m.group(2), int(m.group(3))) if m else None
 
     @classmethod
     def results(cls, shard: int) -> str:
@@ -59,6 +96,14 @@ class RunLayout:
     def trainer_state(consumed: int, final: bool = False) -> str:
         """Trainer checkpoint after `consumed` shards (JSON: counters, pending pairs, versions)."""
         return f"trainer/state/{consumed:06d}{'-final' if final else ''}.json"
+
+    @staticmethod
+    def consumed_of_state(key: str) -> int:
+        """Shards consumed by the trainer checkpoint `key` (as named by `trainer_state`)."""
+        m = _STATE_RE.match(key)
+        if not m:
+            raise ValueError(f"not a trainer state key: {key!r}")
+        return int(m.group(1))
 
     @staticmethod
     def optimizer(name: str, version: int) -> str:
@@ -88,3 +133,46 @@ class RunLayout:
         if not m:
             raise ValueError(f"not an adapter key: {key!r}")
         return int(m.group(1))
+
+    # -- compile and eval (flowdpo compile / flowdpo eval) ----------------------------------------------
+    compile_questions = "compile/questions.jsonl"
+    compile_plan = "compile/PLAN.json"
+    compile_manifest = "compile/MANIFEST.json"
+    eval_table_json = "eval/table.json"
+    eval_table_md = "eval/table.md"
+
+    @staticmethod
+    def _source(source: str) -> str:
+        if source not in COMPILE_SOURCES:
+            raise ValueError(f"unknown trace source {source!r}; expected one of {COMPILE_SOURCES}")
+        return source
+
+    @classmethod
+    def compile_candidates_prefix(cls, source: str) -> str:
+        return f"compile/candidates/{cls._source(source)}/"
+
+    @classmethod
+    def compile_candidates(cls, source: str, part: int) -> str:
+        """Every attempt (graded) of the `part`-th batch of compile questions from one source."""
+        return f"{cls.compile_candidates_prefix(source)}part-{part:06d}.jsonl"
+
+    @classmethod
+    def compile_traces(cls, source: str) -> str:
+        """The kept traces of a source after the equal-data selection."""
+        return f"compile/traces/{cls._source(source)}.jsonl"
+
+    @classmethod
+    def sft_adapter(cls, source: str) -> str:
+        """peft folder of the model SFT-trained on `source`'s traces."""
+        return f"compile/sft/{cls._source(source)}"
+
+    @classmethod
+    def sft_log(cls, source: str) -> str:
+        return f"compile/sft/{cls._source(source)}.json"
+
+    @staticmethod
+    def eval_outcomes(row: str, set_id: str) -> str:
+        for part in (row, set_id):
+            if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", part):
+                raise ValueError(f"not a valid eval row / set id: {part!r}")
+        return f"eval/outcomes/{row}/{set_id}.jsonl"

@@ -5,40 +5,106 @@ Why obstore: one client for S3, GCS, Azure and a local folder, with *atomic crea
 "first result wins" markers need exactly that; fsspec/boto3 would need per-backend code for it.
 
 Every object is written whole (a PUT is atomic): a crash never leaves half a file, so any component can
-restart from what is in the store. Keys are relative to the run prefix given at `open_store`.
+restart from what is in the store. Keys are relative to the run prefix given at `open_store`; for
+`s3://bucket/some/prefix` they land under `some/prefix/` in the bucket.
+
+S3 is configured from the standard environment (a Kubernetes Secret mounted as env vars):
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL
+(MinIO-style endpoints, path-style requests), AWS_REGION / AWS_DEFAULT_REGION. Every call rides out
+transient endpoint failures (connection refused, timeouts, 5xx) with backoff for
+FLOWDPO_STORE_RETRY_SECONDS (default 300); writes are idempotent so retrying them is safe. See
+docs/adr-0001-object-store.md.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, NotFoundError
+from obstore.exceptions import AlreadyExistsError, GenericError, JoinError, NotFoundError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
     """A storage problem the user must fix (bad URI, missing credentials, permissions)."""
 
 
-# Ride out seconds-long outages of the endpoint; the defaults give up after ~2 s of connection refused.
+# obstore's own retries (inside one call): connection errors, 5xx, timeouts of read-only requests.
+# With these settings a "connection refused" endpoint is retried for up to 30 s.
 _RETRY = {
     "max_retries": 30,
-    "retry_timeout": timedelta(seconds=60),
-    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=2), "base": 2},
+    "retry_timeout": timedelta(seconds=30),
+    "backoff": {"init_backoff": timedelta(milliseconds=200), "max_backoff": timedelta(seconds=1), "base": 2},
 }
+# Outer retries (around each call, see `ObjectStore._retry`): obstore does not retry a PUT that timed
+# out (it may have landed), and gives up after `retry_timeout`. Writes are idempotent here (overwrites of
+# whole objects; creates recognise their own earlier, landed attempt), so retrying them is safe.
+_RETRY_SECONDS_ENV = "FLOWDPO_STORE_RETRY_SECONDS"  # total time to ride out an outage (default 300)
+_TIMEOUT_ENV = "FLOWDPO_STORE_TIMEOUT"  # per-request timeout of cloud stores (default "30s")
+_TRANSIENT_MARKERS = (
+    "error sending request",
+    "timed out",
+    "timeout",
+    "connection",
+    "dropped",
+    "non-2xx status code: 5",
+    "slowdown",
+    "service unavailable",
+    "internal error",
+)
+
+
+def _is_transient(err: BaseException) -> bool:
+    if isinstance(err, JoinError):
+        return True
+    if isinstance(err, GenericError):
+        msg = str(err).lower()
+        return any(m in msg for m in _TRANSIENT_MARKERS)
+    return False
+
+
+def _s3_options() -> dict[str, Any]:
+    """S3 (and S3-compatible: MinIO, Ceph, moto) from the standard AWS environment variables.
+
+    Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (how a Kubernetes Secret is
+    usually mounted), or web identity / instance metadata, all read by obstore itself. Endpoint:
+    AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (path-style requests; plain http allowed when the endpoint is
+    http://). Region: AWS_REGION / AWS_DEFAULT_REGION (default us-east-1). The URI's path is the key prefix
+    inside the bucket (obstore's `from_url` makes it the store's prefix)."""
+    opts: dict[str, Any] = {}
+    client: dict[str, Any] = {"connect_timeout": "2s", "timeout": os.environ.get(_TIMEOUT_ENV, "30s")}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        opts["endpoint"] = endpoint
+        client["allow_http"] = endpoint.startswith("http://")
+    opts["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    opts["client_options"] = client
+    return opts
 
 
 class ObjectStore:
-    """Keys under one run prefix. Local paths (file://) and cloud URIs behave the same."""
+    """Keys under one run prefix. Local paths (file://) and cloud URIs behave the same.
 
-    def __init__(self, uri: str):
+    Every call rides out transient errors of the endpoint (connection refused, timeouts, 5xx) for
+    `retry_seconds` (env FLOWDPO_STORE_RETRY_SECONDS, default 300) with exponential backoff."""
+
+    def __init__(self, uri: str, retry_seconds: float | None = None):
         self.uri = uri
+        self.retry_seconds = (
+            float(os.environ.get(_RETRY_SECONDS_ENV, "300")) if retry_seconds is None else retry_seconds
+        )
         parsed = urlparse(uri)
+        self.cloud = parsed.scheme in ("s3", "gs", "az", "abfs")
         if parsed.scheme == "file":
             # file://./rel/dir and file://rel/dir are relative to the working directory.
             raw = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
@@ -49,22 +115,37 @@ class ObjectStore:
         elif parsed.scheme == "memory":
             self.local_root = None
             self._store = obstore.store.MemoryStore()
-        elif parsed.scheme in ("s3", "gs", "az", "abfs"):
+        elif self.cloud:
             self.local_root = None
+            if not parsed.netloc:
+                raise StoreError(f"storage URI {uri!r} names no bucket/container")
             kwargs: dict[str, Any] = {"retry_config": _RETRY}
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if parsed.scheme == "s3":
-                kwargs["client_options"] = {"connect_timeout": "2s", "timeout": "30s"}
-                if endpoint:
-                    kwargs["endpoint"] = endpoint
-                    kwargs["client_options"]["allow_http"] = endpoint.startswith("http://")
-                kwargs["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+                kwargs.update(_s3_options())
+            else:
+                kwargs["client_options"] = {"connect_timeout": "2s", "timeout": os.environ.get(_TIMEOUT_ENV, "30s")}
             try:
                 self._store = obstore.store.from_url(uri, **kwargs)
             except Exception as e:  # noqa: BLE001 - obstore raises several config error types
                 raise StoreError(f"cannot open object store {uri!r}: {e}") from None
         else:
             raise StoreError(f"unsupported storage URI {uri!r}: use file://, s3://, gs://, az:// or memory://")
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Run one store call, retrying transient failures with backoff until `retry_seconds` passed."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except Exception as e:  # classified below
+                if not _is_transient(e):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"{self.uri}: {what} failed for {self.retry_seconds:.0f}s: {e}") from None
+                log.warning("%s: %s failed (%s); retrying in %.1fs", self.uri, what, str(e).splitlines()[0][:200], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.uri!r})"
@@ -73,39 +154,67 @@ class ObjectStore:
     def get(self, key: str) -> bytes:
         """The object's bytes; raises KeyError if absent."""
         try:
-            return bytes(obstore.get(self._store, key).bytes())
+            return self._retry(f"GET {key}", lambda: bytes(obstore.get(self._store, key).bytes()))
         except (FileNotFoundError, NotFoundError):
             raise KeyError(key) from None
 
     def put(self, key: str, data: bytes) -> None:
-        """Write (or overwrite) a whole object atomically."""
-        obstore.put(self._store, key, data, use_multipart=False)
+        """Write (or overwrite) a whole object atomically (retried: the same bytes again is harmless)."""
+        try:
+            self._retry(f"PUT {key}", lambda: obstore.put(self._store, key, data, use_multipart=False))
+        except (FileNotFoundError, NotFoundError) as e:  # S3: NoSuchBucket
+            raise StoreError(f"{self.uri}: cannot write {key}: {str(e).splitlines()[0]}") from None
 
     def create(self, key: str, data: bytes) -> bool:
-        """Atomic create: True if this call created the object, False if it already existed."""
+        """Atomic create: True if this call created the object, False if it already existed.
+
+        A create whose request timed out may still have landed; its retry then finds the object. If
+        the object holds exactly `data`, that was this call's own write and the answer is True. So
+        callers that need one winner among racers put something unique in `data` (an attempt id)."""
+
+        def once() -> bool:
+            try:
+                obstore.put(self._store, key, data, mode="create", use_multipart=False)
+                return True
+            except (AlreadyExistsError, FileExistsError):
+                return False
+
         try:
-            obstore.put(self._store, key, data, mode="create", use_multipart=False)
-            return True
-        except (AlreadyExistsError, FileExistsError):
+            if self._retry(f"CREATE {key}", once):
+                return True
+        except (FileNotFoundError, NotFoundError) as e:  # S3: NoSuchBucket
+            raise StoreError(f"{self.uri}: cannot write {key}: {str(e).splitlines()[0]}") from None
+        try:
+            return self.get(key) == data
+        except KeyError:  # created and deleted in between: not ours
             return False
 
     def exists(self, key: str) -> bool:
         try:
-            obstore.head(self._store, key)
+            self._retry(f"HEAD {key}", lambda: obstore.head(self._store, key))
             return True
         except (FileNotFoundError, NotFoundError):
             return False
 
     def list(self, prefix: str) -> list[str]:
         """Sorted keys under `prefix` (a folder-like prefix ending in '/')."""
-        keys: list[str] = []
-        for batch in obstore.list(self._store, prefix=prefix.rstrip("/") or None):
-            keys.extend(meta["path"] for meta in batch)
-        return sorted(keys)
+
+        def once() -> list[str]:
+            keys: list[str] = []
+            for batch in obstore.list(self._store, prefix=prefix.rstrip("/") or None):
+                keys.extend(meta["path"] for meta in batch)
+            return keys
+
+        try:
+            return sorted(self._retry(f"LIST {prefix}", once))
+        except (FileNotFoundError, NotFoundError):
+            return []
+        except GenericError as e:
+            raise StoreError(f"{self.uri}: cannot list {prefix}: {str(e).splitlines()[0]}") from None
 
     def delete(self, key: str) -> None:
         try:
-            obstore.delete(self._store, key)
+            self._retry(f"DELETE {key}", lambda: obstore.delete(self._store, key))
         except (FileNotFoundError, NotFoundError):
             pass
 

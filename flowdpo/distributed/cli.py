@@ -1,0 +1,89 @@
+"""`flowdpo worker` and `flowdpo trainer`: the cluster programs (one rollout worker per pod; one trainer Job).
+
+    flowdpo worker RUN.yaml [--metrics-port 9400] [--lease-seconds 60]
+    flowdpo trainer RUN.yaml [--metrics-port 9401]
+
+Both read the run's storage URI from the run file (or --storage) and the standard AWS_* / GOOGLE_* /
+AZURE_* environment variables for credentials; neither needs the Kubernetes API. Both exit 0 when the
+run's training is complete and can be killed and restarted at any moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def _setup(args):
+    from flowdpo.cli import _load, _storage_arg
+    from flowdpo.metrics import Metrics
+
+    if not args.verbose:
+        logging.getLogger("flowdpo").setLevel(logging.INFO)
+    doc = _load(args.file)
+    if args.storage:
+        doc.spec.storage.uri = _storage_arg(args.storage)
+    metrics = Metrics(doc.name)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, addr=args.metrics_addr)
+        print(f"metrics: http://{args.metrics_addr}:{args.metrics_port}/metrics", file=sys.stderr)
+    return doc, metrics
+
+
+def cmd_worker(args) -> int:
+    from flowdpo.distributed.worker_main import BackendError, run_worker
+
+    doc, metrics = _setup(args)
+    print(f"worker for run {doc.name}: storage {doc.storage_uri()}", file=sys.stderr)
+    try:
+        out = run_worker(
+            doc,
+            metrics,
+            lease_seconds=args.lease_seconds,
+            poll_seconds=args.poll_seconds,
+            worker_id=args.worker_id,
+            vllm_url=args.vllm_url,
+            adapter_dir=args.adapter_dir,
+        )
+    except BackendError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"worker {out['worker']}: every shard has results; {len(out['shards'])} processed here")
+    return 0
+
+
+def cmd_trainer(args) -> int:
+    from flowdpo.distributed.trainer_main import run_trainer
+    from flowdpo.progress import format_progress
+
+    doc, metrics = _setup(args)
+    print(f"trainer for run {doc.name}: storage {doc.storage_uri()}", file=sys.stderr)
+    progress = run_trainer(doc, metrics, poll_seconds=args.poll_seconds)
+    print(format_progress(progress))
+    return 0
+
+
+def _common(p, poll_default: float) -> None:
+    p.add_argument("file", help="FlowDPORun YAML")
+    p.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on PORT")
+    p.add_argument("--metrics-addr", default="0.0.0.0", help="address for --metrics-port (default 0.0.0.0: pod IP)")
+    p.add_argument("--poll-seconds", type=float, default=poll_default, help="how often to look for new work")
+
+
+def add_subparsers(sub) -> None:
+    w = sub.add_parser("worker", help="rollout worker: claim shards, run the flow, write results and pairs")
+    _common(w, 2.0)
+    w.add_argument(
+        "--lease-seconds", type=float, default=float(os.environ.get("FLOWDPO_LEASE_SECONDS", "60")),
+        help="claim lease, renewed every third of it; a dead worker's shard is taken over after it (default 60)",
+    )
+    w.add_argument("--worker-id", help="name in claims (default: host-pid-random)")
+    w.add_argument("--vllm-url", help="vLLM server for rollout.backend=vllm (default $FLOWDPO_VLLM_URL or :8000)")
+    w.add_argument("--adapter-dir", help="local folder for adapter versions served by vLLM ($FLOWDPO_ADAPTER_DIR)")
+    w.set_defaults(func=cmd_worker)
+
+    t = sub.add_parser("trainer", help="trainer service: consume finished shards in order, train, publish adapters")
+    _common(t, 1.0)
+    t.set_defaults(func=cmd_trainer)

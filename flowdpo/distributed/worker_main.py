@@ -1,0 +1,201 @@
+"""`flowdpo worker RUN.yaml`: the rollout container's program.
+
+Loop until every shard has results:
+  1. follow the trainer: when `adapters/LATEST.json` names a newer version, download that adapter folder
+     and load it into the backend (`GenerationBackend.load_adapter`); the load time is exported;
+  2. back-pressure: claim only shards in the window [consumed, consumed + rollout.maxPendingShards),
+     where `consumed` is the trainer's position read from storage — so at most that many finished
+     shards wait for the trainer (bounded staleness), and the shard the trainer needs next is always
+     claimable;
+  3. claim the lowest claimable shard (`claims.Claims`: atomic create, lease renewed by a heartbeat,
+     takeover of expired leases), run it with `RolloutWorker.process_shard` (pairs, then results, both
+     atomic creates: the first completed result wins), release the claim.
+The worker needs no Kubernetes API access: only the run's object store (and a vLLM server for
+`spec.rollout.backend: vllm`). SIGTERM releases the claim in hand so another worker can take it at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import time
+
+from flowdpo.distributed.claims import Claims, new_worker_id
+from flowdpo.distributed.common import trainer_consumed, wait_for_run
+from flowdpo.flow.prompts import PromptBuilder
+from flowdpo.metrics import Metrics
+from flowdpo.spec import RunDocument, RunSpec
+from flowdpo.storage import ObjectStore, RunLayout, open_store
+from flowdpo.storage.layout import ADAPTERS
+from flowdpo.train.online import read_pairs
+from flowdpo.worker import RolloutWorker
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """The configured generation backend cannot be used."""
+
+
+def make_backend(spec: RunSpec, *, vllm_url: str | None = None, adapter_dir: str | None = None,
+                 server_adapter_dir: str | None = None):
+    """(backend, prompts) for `spec.rollout.backend`: in-process transformers + peft, or a vLLM server."""
+    if spec.rollout.backend == "transformers":
+        from flowdpo.flow.backend import TransformersBackend
+        from flowdpo.models import load_base_model
+        from flowdpo.train.adapters import attach_adapters
+
+        model, tok = load_base_model(spec.model, spec.device)
+        model = attach_adapters(model, spec.lora, spec.seed)
+        prompts = PromptBuilder(tok, spec.flow)
+        return TransformersBackend(model, tok, prompts.eos_ids, max_batch=spec.rollout.batch_examples * 4), prompts
+    if spec.rollout.backend == "vllm":
+        try:
+            vllm_backend = importlib.import_module("flowdpo.flow.vllm_backend")
+        except ModuleNotFoundError as e:
+            if e.name not in ("flowdpo.flow.vllm_backend", "httpx"):
+                raise
+            raise BackendError(
+                "spec.rollout.backend is 'vllm' but the vLLM backend is not available in this installation "
+                f"({e}); use rollout.backend: transformers"
+            ) from None
+        from flowdpo.models import resolve_model_path
+
+        model_path = resolve_model_path(spec.model)
+        tok = load_tokenizer(spec, model_path)
+        prompts = PromptBuilder(tok, spec.flow)
+        url = vllm_url or os.environ.get("FLOWDPO_VLLM_URL", "http://127.0.0.1:8000")
+        backend = vllm_backend.VLLMBackend(
+            url,
+            prompts.eos_ids,
+            adapter_dir or os.environ.get("FLOWDPO_ADAPTER_DIR"),
+            model_path=model_path,
+            lora=spec.lora,
+            server_adapter_dir=server_adapter_dir or os.environ.get("FLOWDPO_SERVER_ADAPTER_DIR"),
+        )
+        backend.wait_ready()
+        return backend, prompts
+    raise BackendError(f"spec.rollout.backend: unknown backend {spec.rollout.backend!r}")
+
+
+def load_tokenizer(spec: RunSpec, path: str):
+    """The tokenizer alone (a vLLM worker does not load the model's weights)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=spec.model.revision)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def sync_adapters(store: ObjectStore, backend, metrics: Metrics) -> dict[str, int]:
+    """Load the adapter versions named by adapters/LATEST.json that are newer than the backend's."""
+    run = metrics.run
+    latest = store.get_json_or(RunLayout.adapters_latest) or {}
+    for a in ADAPTERS:
+        want = int(latest.get(a, 0))
+        have = backend.versions().get(a, 0)
+        if want > have:
+            prefix = RunLayout.adapter(a, want)
+            t0 = time.monotonic()
+            files = {k[len(prefix) + 1 :]: store.get(k) for k in store.list(prefix + "/")}
+            if "adapter_model.safetensors" not in files:
+                log.warning("adapter %s v%d: folder %s is incomplete; skipping", a, want, prefix)
+            else:
+                backend.load_adapter(a, want, files)
+                metrics.adapter_load_seconds.labels(run, a).observe(time.monotonic() - t0)
+                log.info("loaded adapter %s v%d in %.2fs", a, want, time.monotonic() - t0)
+        served = backend.versions().get(a, 0)
+        metrics.adapter_version.labels(run, a, "worker").set(served)
+        metrics.version_lag.labels(run, a).set(max(0, want - served))
+    return backend.versions()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a pod being deleted): unwinds like Ctrl-C, releasing the claim in hand."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def run_worker(
+    doc: RunDocument,
+    metrics: Metrics | None = None,
+    *,
+    lease_seconds: float = 60.0,
+    poll_seconds: float = 2.0,
+    worker_id: str | None = None,
+    backend=None,
+    prompts: PromptBuilder | None = None,
+    **backend_options,
+) -> dict:
+    """Work until every shard has results. Returns {"shards": shards this worker completed, ...}."""
+    store = open_store(doc.storage_uri())
+    metrics = metrics or Metrics(doc.name)
+    run, spec = doc.name, doc.spec
+    metrics.set_phase("Pending")
+    manifest = wait_for_run(store, doc, poll_seconds)
+    total = manifest["shards"]
+    if backend is None:
+        backend, prompts = make_backend(spec, **backend_options)
+    worker = RolloutWorker(backend, prompts, spec, store, run)
+    claims = Claims(store, worker_id or new_worker_id(), lease_seconds)
+    log.info("worker %s: %d shards, lease %.0fs, backend %s", claims.worker, total, lease_seconds, spec.rollout.backend)
+    metrics.set_phase("Training")
+    if hasattr(signal, "SIGTERM"):
+        try:
+            signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread (tests)
+            pass
+    completed: list[int] = []
+    waiting_since = None
+    while True:
+        done = claims.done()
+        if len(done) >= total:
+            break
+        # The trainer's position first, then adapters/LATEST.json: the trainer publishes the versions of
+        # its checkpoint k before it moves its position to k+1, so a shard claimed at position c is rolled
+        # out with at least the versions of checkpoint c-1 (bounded staleness of the weights too).
+        consumed = trainer_consumed(store)
+        sync_adapters(store, backend, metrics)
+        metrics.pending_shards.labels(run).set(sum(1 for s in done if s >= consumed))
+        window = range(consumed, min(total, consumed + spec.rollout.max_pending_shards))
+        claim = claims.claim_next(window, done)
+        if claim is None:
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+                log.info("nothing to claim (trainer at %d, %d done): waiting", consumed, len(done))
+            time.sleep(poll_seconds)
+            continue
+        waiting_since = None
+        metrics.claims.labels(run, "takeover" if claim.takeover else "new").inc()
+        log.info("shard %d: claimed (attempt %d)", claim.shard, claim.attempt)
+        finished = False
+        try:
+            with claims.heartbeat(claim):
+                t0, tokens0 = time.monotonic(), getattr(backend, "tokens_generated", 0)
+                won = worker.process_shard(claim.shard)
+                finished = True
+        except BaseException:
+            log.warning("stopping: releasing shard %d", claim.shard)
+            claims.release(claim, completed=False)
+            raise
+        claims.release(claim, completed=finished)
+        if claim.lost.is_set():
+            metrics.leases_lost.labels(run).inc()
+        if won:
+            results = store.get_jsonl(RunLayout.results(claim.shard))
+            tokens = getattr(backend, "tokens_generated", 0) - tokens0
+            metrics.observe_shard(results, read_pairs(store, claim.shard, results), tokens)
+            metrics.shard_seconds.labels(run, "rollout").observe(time.monotonic() - t0)
+            completed.append(claim.shard)
+            log.info("shard %d: done in %.1fs", claim.shard, time.monotonic() - t0)
+        else:
+            log.info("shard %d: another attempt's result won", claim.shard)
+    metrics.set_phase("Succeeded")
+    log.info("worker %s: every shard has results (%d by this worker)", claims.worker, len(completed))
+    return {"worker": claims.worker, "shards": completed}
