@@ -354,3 +354,66 @@ def test_server_that_forgot_its_adapters_gets_them_again(server, backend, refere
 def backend_zero_files(b: VLLMBackend) -> dict[str, bytes]:
     folder = b.adapter_dir / "base-zero"
     return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The worker on vLLM, fed by the trainer (issue #3): outcomes carry the version published before them
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_worker_on_vllm_rolls_out_with_each_version_the_trainer_publishes(server, model_path, tmp_path):
+    from flowdpo.distributed.worker_main import sync_adapters
+    from flowdpo.metrics import Metrics
+    from flowdpo.models import load_base_model
+    from flowdpo.prepare import ensure_spec, prepare
+    from flowdpo.spec import parse_document
+    from flowdpo.storage import RunLayout, open_store
+    from flowdpo.train.adapters import attach_adapters
+    from flowdpo.train.online import OnlineTrainer
+    from flowdpo.worker import RolloutWorker
+
+    doc = parse_document(
+        {
+            "apiVersion": "flowdpo.dev/v1alpha1",
+            "kind": "FlowDPORun",
+            "metadata": {"name": "vllm-worker"},
+            "spec": {
+                "flow": {"chunkTokens": 12, "maxChunks": 2},
+                "training": {"learningRate": 1e-3, "batchSize": 1, "microBatchSize": 1},
+                "data": {"numExamples": 4, "shardSize": 2, "seed": 5},
+                "rollout": {"backend": "vllm", "batchExamples": 2},
+                "storage": {"uri": f"file://{tmp_path}/run"},
+            },
+        }
+    )
+    store = open_store(doc.storage_uri())
+    ensure_spec(store, doc)
+    prepare(store, doc)
+    # The trainer: its own in-process model, publishing through storage exactly as `flowdpo trainer` does.
+    model, tok = load_base_model(doc.spec.model)
+    model = attach_adapters(model, doc.spec.lora, doc.spec.seed)
+    trainer = OnlineTrainer(model, tok, doc.spec, store)
+    prompts = PromptBuilder(tok, doc.spec.flow)
+    backend = VLLMBackend(server.url, prompts.eos_ids, tmp_path / "adapters", model_path=model_path, lora=doc.spec.lora)
+    worker = RolloutWorker(backend, prompts, doc.spec, store, doc.name)
+    metrics = Metrics(doc.name)
+    prompt = prompts.answer_prompt("What is 2 + 3?")
+    try:
+        for shard in range(2):
+            pair = {"pairId": f"p{shard}", "adapter": "answer", "promptIds": prompt,
+                    "chosenIds": tok.encode("2 + 3 = 5.", add_special_tokens=False),
+                    "rejectedIds": tok.encode("2 + 3 = 6.", add_special_tokens=False)}  # fmt: skip
+            trainer._train_step("answer", [[-1, pair["pairId"]]], {(-1, pair["pairId"]): pair})
+            trainer._checkpoint()  # publishes answer v(shard+1): folder, then adapters/LATEST.json
+            assert store.get_json(RunLayout.adapters_latest)["answer"] == shard + 1
+
+            assert sync_adapters(store, backend, metrics)["answer"] == shard + 1
+            assert worker.process_shard(shard)
+            results = store.get_jsonl(RunLayout.results(shard))
+            assert len(results) == 2
+            assert {r["adapterVersions"]["answer"] for r in results} == {shard + 1}
+            assert backend.served_names()["answer"] == f"answer-v{shard + 1}"
+        assert metrics.registry.get_sample_value("flowdpo_adapter_load_seconds_count", {"run": doc.name, "adapter": "answer"}) == 2
+        assert metrics.registry.get_sample_value("flowdpo_adapter_version_lag", {"run": doc.name, "adapter": "answer"}) == 0
+    finally:
+        backend.close()
