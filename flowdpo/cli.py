@@ -60,7 +60,7 @@ def cmd_status(args) -> int:
     from flowdpo.progress import format_progress
     from flowdpo.storage import RunLayout, open_store
 
-    store = open_store(_storage_arg(args.run))
+    store = open_store(_storage_arg(args.run), create=False)
     progress = store.get_json_or(RunLayout.progress)
     if progress is None:
         print(f"{args.run}: no progress.json yet (not a run folder, or the run has not finished a shard)", file=sys.stderr)
@@ -78,7 +78,11 @@ def cmd_report(args) -> int:
     from flowdpo.report import write_report
     from flowdpo.storage import open_store
 
-    paths = write_report(open_store(_storage_arg(args.run)), out_dir=Path(args.out) if args.out else None)
+    try:
+        paths = write_report(open_store(_storage_arg(args.run), create=False), out_dir=Path(args.out) if args.out else None)
+    except ValueError as e:  # nothing to report yet: say what to do, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0

@@ -98,7 +98,7 @@ class ObjectStore:
     Every call rides out transient errors of the endpoint (connection refused, timeouts, 5xx) for
     `retry_seconds` (env FLOWDPO_STORE_RETRY_SECONDS, default 300) with exponential backoff."""
 
-    def __init__(self, uri: str, retry_seconds: float | None = None):
+    def __init__(self, uri: str, retry_seconds: float | None = None, *, create: bool = True):
         self.uri = uri
         self.retry_seconds = (
             float(os.environ.get(_RETRY_SECONDS_ENV, "300")) if retry_seconds is None else retry_seconds
@@ -109,6 +109,8 @@ class ObjectStore:
             # file://./rel/dir and file://rel/dir are relative to the working directory.
             raw = (parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else parsed.path
             root = Path(raw).expanduser().resolve()
+            if not create and not root.is_dir():
+                raise StoreError(f"{root}: no such run folder")
             root.mkdir(parents=True, exist_ok=True)
             self.local_root: Path | None = root
             self._store = obstore.store.LocalStore(root, mkdir=True)
@@ -262,5 +264,6 @@ def _dumps(value: Any) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
 
 
-def open_store(uri: str) -> ObjectStore:
-    return ObjectStore(uri)
+def open_store(uri: str, *, create: bool = True) -> ObjectStore:
+    """`create=False`: a local run folder must already exist (read-only commands: status, report)."""
+    return ObjectStore(uri, create=create)
