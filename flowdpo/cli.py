@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("FLOWDPO_OFFLINE") else None
+    if os.environ.get("FLOWDPO_OFFLINE"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from flowdpo.models import ModelError
     from flowdpo.prepare import RunConflictError

@@ -106,9 +106,13 @@ class RunLayout:
         return int(m.group(1))
 
     @staticmethod
-    def optimizer(name: str, version: int) -> str:
+    def optimizer_prefix(name: str) -> str:
+        return f"trainer/optim/{name}/"
+
+    @classmethod
+    def optimizer(cls, name: str, version: int) -> str:
         """Adam state of an adapter as published at `version` (torch.save)."""
-        return f"trainer/optim/{name}/v{version:06d}.pt"
+        return f"{cls.optimizer_prefix(name)}v{version:06d}.pt"
 
     @staticmethod
     def adapter(name: str, version: int) -> str:

@@ -216,7 +216,7 @@ class OnlineTrainer:
             self.store.put_json(RunLayout.adapters_latest, dict(self.state.versions))
         # Adam states of superseded versions are no longer reachable from the state pointer.
         for a in sorted(self._stepped):
-            for key in self.store.list(f"trainer/optim/{a}/"):
+            for key in self.store.list(RunLayout.optimizer_prefix(a)):
                 if key != RunLayout.optimizer(a, self.state.versions[a]):
                     self.store.delete(key)
         self._stepped.clear()
