@@ -1,8 +1,8 @@
 """The `flowdpo` command line.
 
     flowdpo run [RUN.yaml]        the whole pipeline on this machine (default: the embedded quickstart)
-    flowdpo status DIR|URI        progress of a run
-    flowdpo report DIR|URI        progressive-accuracy figure + markdown summary
+    flowdpo status RUN.yaml|DIR|URI      progress of a run
+    flowdpo report RUN.yaml|DIR|URI      progressive-accuracy figure + markdown summary
     flowdpo prepare RUN.yaml      write example shards to the run's storage (cluster: the prepare step)
     flowdpo validate RUN.yaml     check a run file and print the resolved spec
     flowdpo worker RUN.yaml       rollout worker over the run's object store (cluster; see flowdpo/distributed)
@@ -23,6 +23,13 @@ from pathlib import Path
 def _storage_arg(value: str) -> str:
     """A run folder or URI: a plain path is a local folder."""
     return value if "://" in value else f"file://{Path(value).resolve()}"
+
+
+def _run_uri(value: str) -> str:
+    """`status`/`report` argument: a run file (its spec.storage.uri), a run folder, or a storage URI."""
+    if value.endswith((".yaml", ".yml")) and Path(value).is_file():
+        return _load(value).storage_uri()
+    return _storage_arg(value)
 
 
 def _load(path: str | None):
@@ -60,7 +67,7 @@ def cmd_status(args) -> int:
     from flowdpo.progress import format_progress
     from flowdpo.storage import RunLayout, open_store
 
-    store = open_store(_storage_arg(args.run), create=False)
+    store = open_store(_run_uri(args.run), create=False)
     progress = store.get_json_or(RunLayout.progress)
     if progress is None:
         print(f"{args.run}: no progress.json yet (not a run folder, or the run has not finished a shard)", file=sys.stderr)
@@ -79,7 +86,7 @@ def cmd_report(args) -> int:
     from flowdpo.storage import open_store
 
     try:
-        paths = write_report(open_store(_storage_arg(args.run), create=False), out_dir=Path(args.out) if args.out else None)
+        paths = write_report(open_store(_run_uri(args.run), create=False), out_dir=Path(args.out) if args.out else None)
     except ValueError as e:  # nothing to report yet: say what to do, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -120,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="show a run's progress")
-    s.add_argument("run", help="run folder or storage URI")
+    s.add_argument("run", help="run file (RUN.yaml), run folder or storage URI")
     s.add_argument("--json", action="store_true", help="print progress.json")
     s.set_defaults(func=cmd_status)
 
     rep = sub.add_parser("report", help="write the progressive-accuracy figure and a markdown summary")
-    rep.add_argument("run", help="run folder or storage URI")
+    rep.add_argument("run", help="run file (RUN.yaml), run folder or storage URI")
     rep.add_argument("--out", help="local output folder (default: <run folder>/report)")
     rep.set_defaults(func=cmd_report)
 

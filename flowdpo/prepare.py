@@ -36,8 +36,8 @@ def ensure_spec(store: ObjectStore, doc: RunDocument) -> None:
 
 
 def _same_training(stored_yaml: str, doc: RunDocument) -> bool:
-    """True when the stored spec differs from `doc` only in its `compile` section (which may be added or
-    changed after training: it is read by `flowdpo compile` / `flowdpo eval`, never by training)."""
+    """True when the stored spec differs from `doc` only outside its training identity (the `compile` section,
+    read after training, and operational fields such as `suspend`; see RunSpec.training_identity)."""
     import yaml
 
     from flowdpo.spec import SpecError, parse_document
@@ -46,10 +46,7 @@ def _same_training(stored_yaml: str, doc: RunDocument) -> bool:
         stored = parse_document(yaml.safe_load(stored_yaml), RunLayout.spec)
     except (SpecError, yaml.YAMLError):
         return False
-    return (stored.name, stored.spec.model_dump(mode="json", exclude={"compile"})) == (
-        doc.name,
-        doc.spec.model_dump(mode="json", exclude={"compile"}),
-    )
+    return (stored.name, stored.spec.training_identity()) == (doc.name, doc.spec.training_identity())
 
 
 def prepare(store: ObjectStore, doc: RunDocument) -> dict:

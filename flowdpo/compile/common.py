@@ -52,13 +52,13 @@ def open_run(doc: RunDocument, *, require_finished: bool = True) -> ObjectStore:
             f"{store.uri}: no run here ({RunLayout.spec} is missing); train first with `flowdpo run`"
         ) from None
     stored = parse_document(yaml.safe_load(raw), f"{store.uri}/{RunLayout.spec}")
-    mine = doc.spec.model_dump(mode="json", exclude={"compile"})
-    theirs = stored.spec.model_dump(mode="json", exclude={"compile"})
+    mine = doc.spec.training_identity()
+    theirs = stored.spec.training_identity()
     if mine != theirs:
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise RunConflictError(
             f"{store.uri} holds a run made from a different spec (spec.{', spec.'.join(differ)} differ); "
-            "only the compile section may change after training"
+            "only the compile section and operational fields may change after training"
         )
     if require_finished:
         progress = store.get_json_or(RunLayout.progress) or {}
