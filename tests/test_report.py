@@ -228,3 +228,64 @@ def test_large_run_renders(tmp_path):
     assert js["movingWindow"] == 32
     assert js["adapterVersionChanges"]["answer"] == 9
     assert not math.isnan(js["progressiveAccuracy"]["accuracy"])
+
+
+def _write_eval(store, outcomes: dict[str, list[bool]]) -> None:
+    """An evaluated run as `flowdpo eval` leaves it: eval/table.json + per-question outcomes per row."""
+    from flowdpo.compile.eval import ROW_LABELS, cell
+
+    rows = []
+    for row, correct in outcomes.items():
+        recs = [{"question": f"q{i}", "correct": c} for i, c in enumerate(correct)]
+        store.put(RunLayout.eval_outcomes(row, "heldout"), "".join(json.dumps(r) + "\n" for r in recs).encode())
+        entry = {"row": row, "label": ROW_LABELS[row], "results": {"heldout": cell(recs)}}
+        if row != "zero-shot":
+            src = row.removeprefix("sft-")
+            entry["sftLog"] = RunLayout.sft_log(src)
+            store.put_json(RunLayout.sft_log(src), {"steps": 6, "trainLoss": 0.5, "seconds": 9.0, "traces": 20})
+        rows.append(entry)
+    store.put_json(
+        RunLayout.compile_manifest,
+        {"compileQuestions": 40, "tracesPerSource": 20, "sources": {"flow-generated": {"questionsSolved": 25}}},
+    )
+    n = len(next(iter(outcomes.values())))
+    store.put_json(
+        RunLayout.eval_table_json,
+        {
+            "run": "synth", "model": "tiny", "temperature": 0.0, "tracesPerSource": 20,
+            "sets": [{"id": "heldout", "title": "held-out tasks", "questions": n}], "rows": rows,
+        },
+    )
+
+
+def test_report_carries_the_compile_table_with_paired_comparisons(run, tmp_path):
+    store = run[0]
+    assert "compileFigure" not in write_report(store, out_dir=tmp_path / "before")
+    assert json.loads((tmp_path / "before" / "report.json").read_text())["compile"] is None
+    # 10 questions: flow-SFT right on 0-5, self-generated on 0-2 and 9, ground truth on 0-5, 0-shot on 0-1.
+    _write_eval(
+        store,
+        {
+            "zero-shot": [i < 2 for i in range(10)],
+            "sft-ground-truth": [i < 6 for i in range(10)],
+            "sft-self-generated": [i < 3 or i == 9 for i in range(10)],
+            "sft-flow-generated": [i < 6 for i in range(10)],
+        },
+    )
+    out = tmp_path / "after"
+    paths = write_report(store, out_dir=out)
+    assert Path(paths["compileFigure"]).read_bytes().startswith(PNG_MAGIC)
+    assert store.exists(f"{RunLayout.report_dir}/compile.png")
+    js = json.loads((out / "report.json").read_text())["compile"]
+    assert [r["row"] for r in js["rows"]] == ["zero-shot", "sft-ground-truth", "sft-self-generated", "sft-flow-generated"]
+    vs = {d["second"]: d for d in js["pairedVsFlow"]}
+    assert set(vs) == {"zero-shot", "sft-ground-truth", "sft-self-generated"}
+    # flow 6/10 vs self-generated 4/10 on the same questions: only-flow on q3,q4,q5, only-self on q9.
+    assert vs["sft-self-generated"]["difference"] == pytest.approx(0.2)
+    assert (vs["sft-self-generated"]["onlyFirstCorrect"], vs["sft-self-generated"]["onlySecondCorrect"]) == (3, 1)
+    assert vs["sft-ground-truth"]["difference"] == 0 and vs["zero-shot"]["difference"] == pytest.approx(0.4)
+    md = (out / "report.md").read_text()
+    assert "## Compile table" in md and "](compile.png)" in md
+    lo, hi = wilson_interval(6, 10)
+    assert f"60.0% (6/10; 95% CI {100 * lo:.1f}%-{100 * hi:.1f}%)" in md
+    assert "vs SFT (self-generated): +20.0 pp" in md

@@ -1,0 +1,171 @@
+"""The compile table inside `flowdpo report` (paper Table 1): read `eval/table.json` and the per-question
+outcomes that `flowdpo eval` wrote, add paired comparisons of the flow-trace model against the other rows,
+and render them as markdown and a PNG bar chart. No model, no torch: everything comes from the store.
+
+The paired comparison answers the question the table is for ("does SFT on flow traces beat SFT on
+self-generated / ground-truth traces?") more sharply than two overlapping Wilson intervals: both rows answer
+the SAME questions, so the per-question differences are paired (normal-approximation CI, as for the
+progressive-accuracy baselines).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from flowdpo.storage.layout import RunLayout
+from flowdpo.storage.store import ObjectStore
+
+FIGURE = "compile.png"
+FLOW_ROW = "sft-flow-generated"
+
+
+def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
+    """The compile section of report.json, or None when the run has not been evaluated (`flowdpo eval`)."""
+    from flowdpo.report import paired_difference
+
+    table = store.get_json_or(RunLayout.eval_table_json)
+    if table is None:
+        return None
+    outcomes: dict[tuple[str, str], dict[str, bool]] = {}
+    for row in table["rows"]:
+        for s in table["sets"]:
+            key = RunLayout.eval_outcomes(row["row"], s["id"])
+            if store.exists(key):
+                outcomes[(row["row"], s["id"])] = {r["question"]: bool(r["correct"]) for r in store.get_jsonl(key)}
+    comparisons = []
+    rows = {r["row"]: r for r in table["rows"]}
+    if FLOW_ROW in rows:
+        for other in rows:
+            if other == FLOW_ROW:
+                continue
+            for s in table["sets"]:
+                a, b = outcomes.get((FLOW_ROW, s["id"])), outcomes.get((other, s["id"]))
+                if not a or not b:
+                    continue
+                common = sorted(set(a) & set(b))
+                d = paired_difference([a[q] for q in common], [b[q] for q in common])
+                comparisons.append(
+                    {"set": s["id"], "first": FLOW_ROW, "second": other, "secondLabel": rows[other]["label"], **d}
+                )
+    manifest = store.get_json_or(RunLayout.compile_manifest) or {}
+    sources = {
+        name: {k: st.get(k) for k in ("questionsSolved", "correctAttempts", "attempts")}
+        for name, st in (manifest.get("sources") or {}).items()
+    }
+    sft = {}
+    for row in table["rows"]:
+        log_key = row.get("sftLog")
+        if log_key and store.exists(log_key):
+            lg = store.get_json(log_key)
+            sft[row["row"]] = {k: lg.get(k) for k in ("steps", "trainLoss", "seconds", "traces")}
+    return {
+        "model": table["model"],
+        "temperature": table["temperature"],
+        "maxNewTokens": table.get("maxNewTokens"),
+        "compileQuestions": manifest.get("compileQuestions"),
+        "tracesPerSource": table.get("tracesPerSource"),
+        "adapterVersions": table.get("adapterVersions"),
+        "traceSources": sources,
+        "sft": sft,
+        "sets": table["sets"],
+        "rows": table["rows"],
+        "pairedVsFlow": comparisons,
+    }
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def render_compile_markdown(c: dict[str, Any]) -> str:
+    sets = c["sets"]
+    lines = [
+        "## Compile table",
+        "",
+        f"![compile table]({FIGURE})",
+        "",
+        f"One model per trace source, fine-tuned from `{c['model']}` on the SAME {c['tracesPerSource']} compile "
+        f"questions (of {c['compileQuestions']}) with identical hyperparameters; greedy decoding"
+        if c["temperature"] == 0
+        else f"temperature {c['temperature']}",
+    ]
+    lines[-1] += "; evaluation questions are disjoint from training and compile questions (checked)."
+    lines += [
+        "",
+        "| model | " + " | ".join(f"{s['title']} (n={s['questions']})" for s in sets) + " |",
+        "|---" * (len(sets) + 1) + "|",
+    ]
+    for row in c["rows"]:
+        cells = []
+        for s in sets:
+            r = row["results"].get(s["id"])
+            if not r or not r["examples"]:
+                cells.append("-")
+            else:
+                lo, hi = r["ci95"]
+                cells.append(f"{_pct(r['accuracy'])} ({r['correct']}/{r['examples']}; 95% CI {_pct(lo)}-{_pct(hi)})")
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    if c["traceSources"]:
+        lines += ["", "| trace source | compile questions solved | correct attempts | SFT steps | final train loss |"]
+        lines.append("|---|---|---|---|---|")
+        for name, st in c["traceSources"].items():
+            lg = c["sft"].get(f"sft-{name}", {})
+            loss = f"{lg['trainLoss']:.4f}" if lg.get("trainLoss") is not None else "-"
+            lines.append(
+                f"| {name} | {st.get('questionsSolved', '-')} | {st.get('correctAttempts', '-')}/{st.get('attempts', '-')}"
+                f" | {lg.get('steps', '-')} | {loss} |"
+            )
+    if c["pairedVsFlow"]:
+        lines += ["", "Paired differences on the same evaluation questions (SFT on flow traces minus the other row):", ""]
+        for d in c["pairedVsFlow"]:
+            if not d["examples"]:
+                continue
+            ci = d["ci95"]
+            ci_s = f"95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pp" if ci else "no CI (n=1)"
+            if ci and ci[0] > 0:
+                verdict = "flow traces better"
+            elif ci and ci[1] < 0:
+                verdict = "flow traces worse"
+            else:
+                verdict = "no significant difference"
+            lines.append(
+                f"- {d['set']}: vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; only flow-SFT correct "
+                f"on {d['onlyFirstCorrect']}, only the other on {d['onlySecondCorrect']}): {verdict}."
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_compile_figure(c: dict[str, Any], run: str) -> bytes:
+    """Grouped bars (one group per eval set, one bar per table row) with 95% Wilson intervals."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sets, rows = c["sets"], c["rows"]
+    fig = Figure(figsize=(max(6, 2.6 * len(sets) + 3), 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        xs, ys, lo, hi = [], [], [], []
+        for j, s in enumerate(sets):
+            r = row["results"].get(s["id"])
+            if not r or not r["examples"]:
+                continue
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(r["accuracy"])
+            lo.append(r["accuracy"] - r["ci95"][0])
+            hi.append(r["ci95"][1] - r["accuracy"])
+        bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=3, color=f"C{i}", label=row["label"])
+        ax.bar_label(bars, labels=[f"{100 * y:.1f}" for y in ys], fontsize=7, padding=2)
+    ax.set_xticks(range(len(sets)), [f"{s['title']}\n(n={s['questions']})" for s in sets])
+    ax.set_ylabel("accuracy (95% Wilson CI)")
+    ax.set_ylim(0, min(1.0, max([0.1] + [r["ci95"][1] for row in rows for r in row["results"].values() if r.get("ci95")]) + 0.08))
+    ax.set_title(f"{run}: compile table ({c['tracesPerSource']} traces per source)", fontsize=11)
+    ax.grid(True, axis="y", alpha=0.25)
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
