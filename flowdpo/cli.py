@@ -9,6 +9,7 @@
     flowdpo trainer RUN.yaml      trainer service over the run's object store (cluster)
     flowdpo compile RUN.yaml      after training: traces (flow, base model, ground truth) + SFT per source
     flowdpo eval RUN.yaml         the compile table: 0-shot and SFT models on the eval sets, 95% CIs
+    flowdpo judge RUN.yaml ...    pairwise LLM judge (OpenAI-compatible endpoint) of two trace sources
 """
 
 from __future__ import annotations

@@ -417,3 +417,28 @@ def test_worker_on_vllm_rolls_out_with_each_version_the_trainer_publishes(server
         assert metrics.registry.get_sample_value("flowdpo_adapter_version_lag", {"run": doc.name, "adapter": "answer"}) == 0
     finally:
         backend.close()
+
+
+def test_judge_client_on_a_real_vllm_server(server, tmp_path):
+    """flowdpo judge's client against a real OpenAI-compatible endpoint (vLLM serving SmolLM2 as the judge):
+    every question is asked in both orders and ends in exactly one outcome. (A 135M judge is no good judge;
+    this checks the protocol, not the verdicts.)"""
+    import json
+
+    from flowdpo.compile.judge import ChatJudge, compare_sources
+    from flowdpo.storage import RunLayout, open_store
+
+    served = httpx.get(f"{server.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    store = open_store(f"file://{tmp_path}/run")
+    for source, style in (("flow-generated", "We add: {i} + {i} = {s}. The answer is {s}."), ("self-generated", "{s}")):
+        rows = [
+            {"exampleId": f"e{i}", "question": f"What is {i} + {i}?", "trace": style.format(i=i, s=2 * i)}
+            for i in range(3)
+        ]
+        store.put(RunLayout.compile_traces(source), "".join(json.dumps(r) + "\n" for r in rows).encode())
+    judge = ChatJudge(f"{server.url}/v1", served)
+    reply = judge.ask("What is 1 + 1?", "1 + 1 = 2", "2")
+    assert isinstance(reply, str) and reply.strip()
+    r = compare_sources(store, judge, "flow-generated", "self-generated")
+    assert r["questions"] == 3 and r["winsA"] + r["winsB"] + r["ties"] + r["invalid"] == 3
+    assert all(v["aFirst"] in ("A", "B", None) for v in r["verdicts"])

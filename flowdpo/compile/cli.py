@@ -2,6 +2,7 @@
 
     flowdpo compile RUN.yaml [--traces-only] [--allow-unfinished]   traces (3 sources, equal data) + SFT
     flowdpo eval RUN.yaml [--allow-unfinished]                      the compile table (eval/table.md)
+    flowdpo judge RUN.yaml --judge-url URL --judge-model M          pairwise LLM judge of two trace sources
 
 Both read the run's storage from the run file (or --storage); the file's `compile` section may be added or
 changed after training, every other section must match the stored spec. Both can be stopped and rerun:
@@ -113,3 +114,7 @@ def add_subparsers(sub) -> None:
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
+
+    from flowdpo.compile.judge import add_subparser as add_judge
+
+    add_judge(sub)
