@@ -316,7 +316,7 @@ def _finished_run(doc) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_compile_then_eval_end_to_end(tmp_path):
+def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     from pathlib import Path
 
     from safetensors.torch import load as load_safetensors
@@ -374,6 +374,16 @@ def test_compile_then_eval_end_to_end(tmp_path):
             assert c["examples"] == s["questions"] and len(c["ci95"]) == 2
     md = store.get(RunLayout.eval_table_md).decode()
     assert all(label in md for label in ROW_LABELS.values()) and "(n=6)" in md
+    # A rerun (e.g. after an interruption) reuses every stored row: no model is loaded, the table is the same.
+    import flowdpo.compile.eval as eval_module
+
+    def no_model(*a, **k):
+        raise AssertionError("eval reloaded the model although every row's outcomes were stored")
+
+    monkeypatch.setattr(eval_module, "load_eval_model", no_model)
+    assert main(["eval", str(run_file), "--no-progress"]) == 0
+    again = store.get_json(RunLayout.eval_table_json)
+    assert [r["results"] for r in again["rows"]] == [r["results"] for r in table["rows"]]
     assert (store.local_root / RunLayout.eval_table_md).is_file()
     # Evaluation never saw a training or compile question (checked independently of the eval code).
     used = {normalize_question(e["question"]) for e in questions}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import json
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +29,7 @@ from flowdpo.compile import SOURCE_LABELS
 from flowdpo.compile.common import (
     CompileError,
     EvalLeakError,
+    fingerprint,
     normalize_question,
     open_run,
     stored_compile_questions,
@@ -256,12 +258,43 @@ def render_table(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _row_fingerprint(doc: RunDocument, store: ObjectStore, row: str, max_new: int) -> str:
+    """What a row's outcomes depend on: the base model, the generation settings and, for an SFT row, the
+    adapter's training log (rewritten whenever the adapter is retrained)."""
+    ev = doc.spec.compile.evaluation
+    sft_log = None if row == ZERO_SHOT else store.get_json(RunLayout.sft_log(row.removeprefix("sft-")))
+    return fingerprint(
+        {
+            "model": doc.spec.model.model_dump(mode="json"),
+            "temperature": ev.temperature,
+            "maxNewTokens": max_new,
+            "seed": doc.spec.seed,
+            "prompt": doc.spec.flow.answer_system_prompt,
+            "sftLog": sft_log,
+        }
+    )
+
+
+def _stored_outcomes(
+    store: ObjectStore, row: str, set_id: str, examples: Sequence[Example], fp: str
+) -> list[dict] | None:
+    """The outcomes an earlier (possibly interrupted) `flowdpo eval` stored for this row and set, if they
+    are for exactly these questions and this fingerprint; else None (to be recomputed)."""
+    key = RunLayout.eval_outcomes(row, set_id)
+    if not store.exists(key):
+        return None
+    rows = store.get_jsonl(key)
+    if [r.get("exampleId") for r in rows] != [ex.id for ex in examples]:
+        return None
+    if any(r.get("fingerprint") != fp for r in rows):
+        return None
+    return rows
+
+
 def evaluate_run(
     doc: RunDocument, *, require_finished: bool = True, show_progress: bool = False
 ) -> dict[str, Any]:
     """Evaluate the 0-shot base model and every SFT model of the run; write eval/ and return the table."""
-    import json
-
     spec = doc.spec
     ev = spec.compile.evaluation
     store = open_run(doc, require_finished=require_finished)
@@ -272,26 +305,37 @@ def evaluate_run(
         sets.append((es, examples, info))
     sources = sft_sources_in_store(store)
     rows = [ZERO_SHOT] + [f"sft-{s}" for s in sources]
-    backend, prompts = load_eval_model(doc, store, sources)
     max_new = ev.max_new_tokens or spec.flow.chunk_tokens * spec.flow.max_chunks
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows) * len(sets), unit="cell", desc="eval", dynamic_ncols=True)
+    backend = prompts = None
     out_rows = []
     everything = [ex for _, examples, _ in sets for ex in examples]  # one batched call per row
     for row in rows:
         adapter = None if row == ZERO_SHOT else row
-        answered = answer_questions(backend, prompts, adapter, everything, max_new, ev.temperature, spec.seed)
+        fp = _row_fingerprint(doc, store, row, max_new)
+        stored = {es.id: _stored_outcomes(store, row, es.id, examples, fp) for es, examples, _ in sets}
+        if all(v is not None for v in stored.values()):
+            log.info("eval %s: reusing stored outcomes (same questions, model and settings)", row)
+            answered = [r for es, _, _ in sets for r in stored[es.id]]
+        else:
+            if backend is None:
+                backend, prompts = load_eval_model(doc, store, sources)
+            answered = answer_questions(backend, prompts, adapter, everything, max_new, ev.temperature, spec.seed)
+            for r in answered:
+                r["fingerprint"] = fp
         results, start = {}, 0
         for es, examples, info in sets:
             outcomes = answered[start : start + len(examples)]
             start += len(examples)
-            store.put(
-                RunLayout.eval_outcomes(row, es.id),
-                "".join(json.dumps(r, sort_keys=True) + "\n" for r in outcomes).encode(),
-            )
+            if stored[es.id] is None:
+                store.put(
+                    RunLayout.eval_outcomes(row, es.id),
+                    "".join(json.dumps(r, sort_keys=True) + "\n" for r in outcomes).encode(),
+                )
             results[es.id] = cell(outcomes)
             if bar is not None:
                 bar.update(1)
@@ -301,7 +345,7 @@ def evaluate_run(
         out_rows.append(entry)
     if bar is not None:
         bar.close()
-    del backend
+    backend = None
     gc.collect()
     manifest = store.get_json_or(RunLayout.compile_manifest) or {}
     table = {
