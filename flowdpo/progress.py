@@ -48,7 +48,7 @@ def format_progress(p: dict) -> str:
     ]
     for name, b in p["baselines"].items():
         a = b["accuracy"]
-        lines.append(f"  baseline {name:<11}{'-' if a is None else f'{a:.3f}'}  ({b['correct']}/{b['examples']})")
+        lines.append(f"  baseline {name:<14} {'-' if a is None else f'{a:.3f}'}  ({b['correct']}/{b['examples']})")
     for a in ADAPTERS:
         last = p["last"].get(a, {})
         loss = f"  loss {last['loss']:.4f} margin {last['margin']:+.3f}" if last else ""
