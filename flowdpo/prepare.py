@@ -65,10 +65,10 @@ def prepare(store: ObjectStore, doc: RunDocument) -> dict:
     shards = [examples[i : i + data.shard_size] for i in range(0, len(examples), data.shard_size)]
     for i, shard in enumerate(shards):
         rows = [ex.to_json() for ex in shard]
-        if not store.create_jsonl(RunLayout.examples(i), rows):
-            # A previous prepare was interrupted after this shard: it must hold the same examples.
-            if store.get_jsonl(RunLayout.examples(i)) != json.loads(json.dumps(rows)):
-                raise RunConflictError(f"{RunLayout.examples(i)} exists with other content")
+        created = store.create_jsonl(RunLayout.examples(i), rows)
+        # Not created: a previous prepare was interrupted after this shard; it must hold the same examples.
+        if not created and store.get_jsonl(RunLayout.examples(i)) != json.loads(json.dumps(rows)):
+            raise RunConflictError(f"{RunLayout.examples(i)} exists with other content")
     manifest = {
         "shards": len(shards),
         "examples": len(examples),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import ClassVar
 
 SPECIAL = {"<pad>": 0, "<s>": 1, "<eos>": 2, "yes": 3, "no": 4, "Yes": 5, "No": 6}
 OFFSET = 10
@@ -16,7 +17,7 @@ class CharTokenizer:
     eos_token_id = 2
     pad_token_id = 0
     eos_token = "<eos>"
-    added_tokens_encoder: dict = {}
+    added_tokens_encoder: ClassVar[dict] = {}
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         if text in SPECIAL:

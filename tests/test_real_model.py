@@ -25,7 +25,6 @@ from flowdpo.spec import load_document
 from flowdpo.storage import RunLayout, open_store
 from flowdpo.train.adapters import attach_adapters
 from flowdpo.train.online import OnlineTrainer, read_pairs
-from flowdpo.worker import RolloutWorker
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +51,6 @@ def test_flow_mines_pairs_and_dpo_changes_only_the_trained_adapter(tiny_run_file
     model = attach_adapters(model, doc.spec.lora, seed=0)
     prompts = PromptBuilder(tok, doc.spec.flow)
     backend = TransformersBackend(model, tok, prompts.eos_ids)
-    worker = RolloutWorker(backend, prompts, doc.spec, store, doc.name)
 
     # Sample until the flow has produced pairs for the Answer adapter (temperature 1.0: a few tries at most).
     pairs, tries = [], 0
@@ -124,7 +122,7 @@ def test_progressive_accuracy_counts_every_example_once_and_resume_after_sigkill
     for a in ("answer", "stop"):  # every mined pair trained exactly once (the last partial batch included)
         assert ref["pairs"][a]["trained"] == ref["pairs"][a]["mined"]
     assert set(final["baselines"]) == {"untrainedFlow", "zeroShot"}
-    sample = lambda name, **labels: metrics.registry.get_sample_value(name, {"run": "clean", **labels})  # noqa: E731
+    sample = lambda name, **labels: metrics.registry.get_sample_value(name, {"run": "clean", **labels})
     assert sample("flowdpo_examples_total") == 6 and sample("flowdpo_examples_correct_total") == ref["correct"]
     assert sample("flowdpo_progressive_accuracy") == pytest.approx(ref["correct"] / 6)
     for a in ("answer", "stop"):

@@ -24,7 +24,7 @@ def make(script, stop_rule, max_chunks=3):
 
 
 # The Stop LLM says yes exactly when the partial answer ends with a period.
-ENDS_WITH_PERIOD = lambda text: 1.0 if text.rstrip().endswith(".") else 0.0  # noqa: E731
+ENDS_WITH_PERIOD = lambda text: 1.0 if text.rstrip().endswith(".") else 0.0
 
 SCRIPT = {
     "": ["2 + 3", "2 + 4"],  # chunk 0: original, then the rollout's alternative
@@ -85,7 +85,7 @@ def test_wrong_main_chain_makes_the_rollout_the_chosen_side():
     [r] = rollout_examples([EX], backend, prompts, flow, random.Random(0))
     result, pairs = mine_pairs(r, prompts, {"run": "r", "shard": 0, "adapterVersions": {}})
     assert result["correct"] is False
-    node0 = [p for p in pairs if p["node"] == 0][0]
+    node0 = next(p for p in pairs if p["node"] == 0)
     assert (node0["chosenText"], node0["rejectedText"]) == ("2 + 3", "2 + 4")
     assert node0["chosen"]["branch"] == "rollout"
 
