@@ -48,11 +48,23 @@ class Metrics:
             "flowdpo_pending_shards", "Finished shards waiting for the trainer (bounded by rollout.maxPendingShards)", L, registry=r
         )
         self.phase = Gauge("flowdpo_run_phase", "1 for the run's current phase", ["run", "phase"], registry=r)
-        # Export every adapter's series from the start (at 0), so dashboards and rate() see them
-        # before the first pair of that adapter arrives.
+        # Export the series of this process's own events from the start (at 0): rate() and increase() only
+        # see an event that follows a sample, so the first pair, claim, lost lease or adapter load would be
+        # invisible (and a lost lease would have no series at all in a healthy run). Counters the trainer
+        # restores from storage (examples, pairs trained, steps) are left to publish_progress on purpose:
+        # their first sample must be the stored total, a 0 before it would read as a jump by the whole
+        # total in rate() at every trainer restart.
         for adapter in ("answer", "stop"):
-            for family in (self.pairs_mined, self.pairs_trained, self.trainer_steps):
-                family.labels(run, adapter)
+            self.pairs_mined.labels(run, adapter)
+            self.adapter_load_seconds.labels(run, adapter)
+        for family in (self.rollouts, self.tokens, self.leases_lost):
+            family.labels(run)
+        for kind in ("new", "takeover"):
+            self.claims.labels(run, kind)
+        for stage in ("rollout", "train", "wait"):
+            self.shard_seconds.labels(run, stage)
+            if stage != "wait":
+                self.shards_done.labels(run, stage)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
@@ -69,3 +81,42 @@ class Metrics:
         for p in pairs:
             self.pairs_mined.labels(run, p["adapter"]).inc()
         self.shards_done.labels(run, "rollout").inc()
+
+
+class OperatorMetrics:
+    """The operator's own metrics (`flowdpo-operator --metrics-port`): the phase of every FlowDPORun it
+    manages (workers and trainer stop exporting theirs when training ends; the operator knows Compiling,
+    Succeeded and Failed too) and the outcome of its reconciles. `run_namespace`, not `namespace`: scrape
+    configs add `namespace` for the operator pod's own namespace."""
+
+    PHASES = ("Pending", "Preparing", "Training", "Compiling", "Succeeded", "Failed")
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.phase = Gauge(
+            "flowdpo_run_phase", "1 for the run's current phase", ["run_namespace", "run", "phase"], registry=r
+        )
+        self.reconciles = Counter(
+            "flowdpo_operator_reconciles_total",
+            "Reconciles of a FlowDPORun by outcome (ok, invalid, blocked, error)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "invalid", "blocked", "error"):
+            self.reconciles.labels(result)
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
+
+    def set_phase(self, namespace: str, run: str, phase: str) -> None:
+        for p in self.PHASES:
+            self.phase.labels(namespace, run, p).set(1.0 if p == phase else 0.0)
+
+    def forget(self, namespace: str, run: str) -> None:
+        """Drop a deleted run's series."""
+        for p in self.PHASES:
+            try:
+                self.phase.remove(namespace, run, p)
+            except KeyError:
+                pass

@@ -14,6 +14,10 @@ AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_ENDPOINT_URL_
 transient endpoint failures (connection refused, timeouts, 5xx) with backoff for
 FLOWDPO_STORE_RETRY_SECONDS (default 300); writes are idempotent so retrying them is safe. See
 docs/adr-0001-object-store.md.
+
+A process that reads several runs with different credentials (the Kubernetes operator reading each run's
+progress.json with the keys of that run's Secret) passes them as `env=` instead: the store is then
+configured from that mapping, never from (or by changing) the process environment, so it is thread-safe.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,22 +77,38 @@ def _is_transient(err: BaseException) -> bool:
     return False
 
 
-def _s3_options() -> dict[str, Any]:
+# Credentials taken from an explicit `env` mapping (a Secret's keys); the process environment is still
+# read by obstore itself for everything else, as it is for every store.
+_S3_CREDENTIAL_KEYS = {
+    "AWS_ACCESS_KEY_ID": "access_key_id",
+    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
+    "AWS_SESSION_TOKEN": "session_token",
+}
+_CLOUD_ENV_PREFIX = {"gs": "GOOGLE_", "az": "AZURE_", "abfs": "AZURE_"}
+
+
+def _s3_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """S3 (and S3-compatible: MinIO, Ceph, moto) from the standard AWS environment variables.
 
     Credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN (how a Kubernetes Secret is
     usually mounted), or web identity / instance metadata, all read by obstore itself. Endpoint:
     AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (path-style requests; plain http allowed when the endpoint is
     http://). Region: AWS_REGION / AWS_DEFAULT_REGION (default us-east-1). The URI's path is the key prefix
-    inside the bucket (obstore's `from_url` makes it the store's prefix)."""
+    inside the bucket (obstore's `from_url` makes it the store's prefix).
+
+    `env`: read these variables from this mapping instead of `os.environ`, and pass its credentials
+    explicitly (the timeout stays a setting of the process)."""
+    src = os.environ if env is None else env
     opts: dict[str, Any] = {}
     client: dict[str, Any] = {"connect_timeout": "2s", "timeout": os.environ.get(_TIMEOUT_ENV, "30s")}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = src.get("AWS_ENDPOINT_URL_S3") or src.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts["endpoint"] = endpoint
         client["allow_http"] = endpoint.startswith("http://")
-    opts["region"] = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    opts["region"] = src.get("AWS_REGION") or src.get("AWS_DEFAULT_REGION") or "us-east-1"
     opts["client_options"] = client
+    if env is not None:
+        opts.update({option: env[key] for key, option in _S3_CREDENTIAL_KEYS.items() if env.get(key)})
     return opts
 
 
@@ -96,9 +116,18 @@ class ObjectStore:
     """Keys under one run prefix. Local paths (file://) and cloud URIs behave the same.
 
     Every call rides out transient errors of the endpoint (connection refused, timeouts, 5xx) for
-    `retry_seconds` (env FLOWDPO_STORE_RETRY_SECONDS, default 300) with exponential backoff."""
+    `retry_seconds` (env FLOWDPO_STORE_RETRY_SECONDS, default 300) with exponential backoff.
+    `env`: configure a cloud store from this mapping of AWS_* / GOOGLE_* / AZURE_* variables instead of
+    the process environment (see the module docstring)."""
 
-    def __init__(self, uri: str, retry_seconds: float | None = None, *, create: bool = True):
+    def __init__(
+        self,
+        uri: str,
+        retry_seconds: float | None = None,
+        *,
+        create: bool = True,
+        env: Mapping[str, str] | None = None,
+    ):
         self.uri = uri
         self.retry_seconds = (
             float(os.environ.get(_RETRY_SECONDS_ENV, "300")) if retry_seconds is None else retry_seconds
@@ -121,11 +150,18 @@ class ObjectStore:
             self.local_root = None
             if not parsed.netloc:
                 raise StoreError(f"storage URI {uri!r} names no bucket/container")
-            kwargs: dict[str, Any] = {"retry_config": _RETRY}
+            # obstore's own retries must not outlast the caller's whole budget (a short one: the operator).
+            retry = _RETRY
+            if self.retry_seconds < _RETRY["retry_timeout"].total_seconds():
+                retry = {**_RETRY, "retry_timeout": timedelta(seconds=self.retry_seconds)}
+            kwargs: dict[str, Any] = {"retry_config": retry}
             if parsed.scheme == "s3":
-                kwargs.update(_s3_options())
+                kwargs.update(_s3_options(env))
             else:
                 kwargs["client_options"] = {"connect_timeout": "2s", "timeout": os.environ.get(_TIMEOUT_ENV, "30s")}
+                if env is not None:
+                    prefix = _CLOUD_ENV_PREFIX[parsed.scheme]
+                    kwargs["config"] = {k: v for k, v in env.items() if k.startswith(prefix)}
             try:
                 self._store = obstore.store.from_url(uri, **kwargs)
             except Exception as e:  # noqa: BLE001 - obstore raises several config error types
@@ -264,6 +300,7 @@ def _dumps(value: Any) -> bytes:
     return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
 
 
-def open_store(uri: str, *, create: bool = True) -> ObjectStore:
-    """`create=False`: a local run folder must already exist (read-only commands: status, report)."""
-    return ObjectStore(uri, create=create)
+def open_store(uri: str, *, create: bool = True, env: Mapping[str, str] | None = None) -> ObjectStore:
+    """`create=False`: a local run folder must already exist (read-only commands: status, report).
+    `env`: credentials and endpoint as a mapping of environment variables (see `ObjectStore`)."""
+    return ObjectStore(uri, create=create, env=env)

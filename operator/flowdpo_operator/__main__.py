@@ -1,11 +1,87 @@
-"""`flowdpo-operator` / `python -m flowdpo_operator`: placeholder until the operator lands (issue #4)."""
+"""`flowdpo-operator` (or `python -m flowdpo_operator`): run the FlowDPORun operator (kopf, standalone).
 
+    flowdpo-operator [--all-namespaces | --namespace NS ...] [--liveness-port 8080] [--metrics-port 9400]
+                     [--resync-seconds 10] [--verbose]
+
+Logs in with $KUBECONFIG when it is set (a developer machine, tests), else with the pod's ServiceAccount.
+Standalone: one replica, no peering objects (the chart runs a single replica with strategy Recreate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
 
 
-def main() -> int:
-    print("flowdpo-operator: not implemented yet", file=sys.stderr)
-    return 1
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flowdpo-operator",
+        description="Kubernetes operator for FlowDPORun: runs prepare / rollout / trainer / compile / eval "
+        "workloads and mirrors progress.json into the run's status.",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], metavar="NS",
+        help="serve FlowDPORuns of this namespace (repeatable); default: all namespaces",
+    )  # fmt: skip
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (the default)")
+    p.add_argument(
+        "--liveness-port", type=int, default=8080, help="serve http://0.0.0.0:PORT/healthz (0: off; default 8080)"
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="serve the operator's Prometheus metrics on PORT")
+    p.add_argument(
+        "--resync-seconds",
+        type=_positive_float,
+        default=float(os.environ.get("FLOWDPO_OPERATOR_RESYNC_SECONDS", "10")),
+        help="how often each run's Jobs and progress.json are observed "
+        "(default $FLOWDPO_OPERATOR_RESYNC_SECONDS or 10)",
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Heavy imports after argument parsing: `--help` answers at once.
+    import kopf
+
+    from flowdpo.metrics import OperatorMetrics
+
+    from .controller import Controller
+    from .handlers import OperatorOptions, register
+    from .k8s import Cluster, api_client_from_environment
+
+    kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe otherwise
+    try:
+        api = api_client_from_environment()
+    except Exception as e:  # noqa: BLE001 - a broken kubeconfig raises several types; all are fatal here
+        print(f"flowdpo-operator: cannot configure the Kubernetes client: {e}", file=sys.stderr)
+        return 2
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    options = OperatorOptions(resync_seconds=args.resync_seconds, retry_seconds=max(2.0, args.resync_seconds))
+    registry = kopf.OperatorRegistry()
+    register(registry, Controller(Cluster(api), metrics), options)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,390 @@
+"""Pure builders: a validated run document -> the Kubernetes objects of one FlowDPORun, as plain dicts.
+
+Nothing here talks to the API; `reconcile` decides which of these bodies to create, replace or delete and
+`k8s` sends them. Children of run `<run>` (namespace of the run, controller ownerReference to it):
+
+    ConfigMap   <run>-config    run.yaml: the run document every pod reads (mounted at /etc/flowdpo)
+    Job         <run>-prepare   flowdpo prepare      (example shards into object storage)
+    Deployment  <run>-rollout   flowdpo worker       (+ a vLLM server container for rollout.backend=vllm)
+    Job         <run>-trainer   flowdpo trainer
+    Job         <run>-compile   flowdpo compile      (kubernetes.runCompile)
+    Job         <run>-eval      flowdpo eval         (kubernetes.runCompile)
+
+Every pod: no Kubernetes API access (automountServiceAccountToken: false), non-root (UID 10001, GID 0),
+storage credentials from `envFrom: secretRef` of spec.storage.secretName, HOME and caches on an emptyDir
+at /tmp (images may run with a read-only or foreign-owned root filesystem). Each body carries the hash of
+its own content in the annotation `flowdpo.dev/spec-hash`, so the reconciler can tell a stale child from
+a current one without comparing against server-side defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from flowdpo.spec import API_GROUP, API_VERSION, KIND, PodOptions, RunDocument
+
+# Where pods find things (the same paths in every container of a pod).
+CONFIG_DIR = "/etc/flowdpo"
+RUN_FILE = f"{CONFIG_DIR}/run.yaml"
+SCRATCH_DIR = "/tmp"  # HOME, Hugging Face and flowdpo caches (emptyDir)
+ADAPTER_DIR = "/adapters"  # vLLM mode: the worker writes adapter versions here, vLLM loads them from here
+SHM_DIR = "/dev/shm"  # torch / NCCL / vLLM need more shared memory than the container default (64 MiB)
+
+RUN_FILE_KEY = "run.yaml"
+SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
+MANAGED_BY = "flowdpo-operator"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# Pods run as this user (the images create it; GID 0 owns HOME so any UID in group 0 can write there).
+RUN_AS_USER = 10001
+RUN_AS_GROUP = 0
+
+# The steps that run as Jobs, in pipeline order, and the component label of the rollout Deployment.
+JOB_STEPS = ("prepare", "trainer", "compile", "eval")
+ROLLOUT = "rollout"
+CONFIG = "config"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FlowDPORun that owns the children (garbage collection deletes them with it)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        # No blockOwnerDeletion: it would require `update` on flowdporuns/finalizers wherever the
+        # OwnerReferencesPermissionEnforcement admission plugin runs (OpenShift), and background
+        # deletion (kubectl's default) does not use it.
+        return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid, "controller": True}
+
+
+def child_name(run: str, component: str) -> str:
+    """`<run>-config`, `<run>-prepare`, `<run>-rollout`, `<run>-trainer`, `<run>-compile`, `<run>-eval`."""
+    return f"{run}-{component}"
+
+
+def labels(run: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "flowdpo",
+        "app.kubernetes.io/instance": run,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        f"{API_GROUP}/run": run,
+    }
+
+
+def selector_labels(run: str, component: str) -> dict[str, str]:
+    """The immutable subset used as the rollout Deployment's selector."""
+    return {f"{API_GROUP}/run": run, "app.kubernetes.io/component": component}
+
+
+def spec_hash(body: dict[str, Any]) -> str:
+    """Hash of a body's content, ignoring the hash annotation itself and server-owned metadata."""
+    clean = copy.deepcopy(body)
+    meta = clean.get("metadata", {})
+    meta.get("annotations", {}).pop(SPEC_HASH_ANNOTATION, None)
+    meta.pop("resourceVersion", None)
+    return hashlib.sha256(json.dumps(clean, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _metadata(doc: RunDocument, owner: Owner, component: str) -> dict[str, Any]:
+    return {
+        "name": child_name(doc.name, component),
+        "namespace": owner.namespace,
+        "labels": labels(doc.name, component),
+        "annotations": {},
+        "ownerReferences": [owner.reference()],
+    }
+
+
+def _sealed(body: dict[str, Any]) -> dict[str, Any]:
+    body["metadata"]["annotations"][SPEC_HASH_ANNOTATION] = spec_hash(body)
+    return body
+
+
+# -- the run document --------------------------------------------------------------------------------------
+def run_document(doc: RunDocument) -> dict[str, Any]:
+    """The document the pods read: header, name and the fully resolved spec (defaults filled in, so a later
+    operator with other defaults cannot change what a running run computes). Without `suspend`: it means
+    nothing inside a pod, and toggling it must not rewrite the pods' configuration."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": doc.name},
+        "spec": doc.spec.model_dump(mode="json", by_alias=True, exclude={"suspend"}),
+    }
+
+
+def config_map(doc: RunDocument, owner: Owner) -> dict[str, Any]:
+    return _sealed(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _metadata(doc, owner, CONFIG),
+            "data": {RUN_FILE_KEY: yaml.safe_dump(run_document(doc), sort_keys=False)},
+        }
+    )
+
+
+# -- pieces of pod templates -------------------------------------------------------------------------------
+def resources(options: PodOptions) -> dict[str, Any]:
+    """The container's ResourceRequirements: `options.resources` plus `options.gpus` as nvidia.com/gpu in
+    both requests and limits (extended resources must have requests == limits)."""
+    out: dict[str, Any] = {key: dict(value) for key, value in options.resources.items()}
+    if options.gpus:
+        for key in ("requests", "limits"):
+            out.setdefault(key, {})[GPU_RESOURCE] = str(options.gpus)
+    return out
+
+
+def _env(extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    base = {"HOME": SCRATCH_DIR, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    return [{"name": k, "value": v} for k, v in base.items()]
+
+
+def _env_from(doc: RunDocument) -> list[dict[str, Any]]:
+    secret = doc.spec.storage.secret_name
+    return [{"secretRef": {"name": secret}}] if secret else []
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _mounts(*, shm: bool, adapters: bool = False) -> list[dict[str, Any]]:
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
+    if shm:
+        mounts.append({"name": "shm", "mountPath": SHM_DIR})
+    if adapters:
+        mounts.append({"name": "adapters", "mountPath": ADAPTER_DIR})
+    return mounts
+
+
+def _flowdpo_container(
+    doc: RunDocument,
+    name: str,
+    args: list[str],
+    options: PodOptions | None,
+    *,
+    metrics: bool = False,
+    env: dict[str, str] | None = None,
+    shm: bool = False,
+    adapters: bool = False,
+) -> dict[str, Any]:
+    """A container running `flowdpo <args>` from kubernetes.image. `options` None: no resource settings
+    (the worker next to a vLLM server, which holds the pod's GPUs)."""
+    k = doc.spec.kubernetes
+    container: dict[str, Any] = {
+        "name": name,
+        "image": k.image,
+        "imagePullPolicy": k.image_pull_policy,
+        "command": ["flowdpo", *args],
+        "env": _env(env),
+        "envFrom": _env_from(doc),
+        "resources": resources(options) if options is not None else {},
+        "volumeMounts": _mounts(shm=shm, adapters=adapters),
+        "securityContext": _container_security(),
+    }
+    if metrics:
+        container["ports"] = [{"name": "metrics", "containerPort": k.metrics_port, "protocol": "TCP"}]
+    return container
+
+
+def _pod_template(
+    doc: RunDocument,
+    component: str,
+    containers: list[dict[str, Any]],
+    options: PodOptions,
+    *,
+    restart_policy: str,
+    shm: bool = False,
+    adapters: bool = False,
+) -> dict[str, Any]:
+    k = doc.spec.kubernetes
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "configMap": {
+                "name": child_name(doc.name, CONFIG),
+                "items": [{"key": RUN_FILE_KEY, "path": RUN_FILE_KEY}],
+            },
+        },
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    if shm:
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+    if adapters:
+        volumes.append({"name": "adapters", "emptyDir": {}})
+    spec: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        # Workers and trainer exchange everything through object storage: no Kubernetes API access.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_GROUP,
+            "fsGroup": RUN_AS_GROUP,
+        },
+        "containers": containers,
+        "volumes": volumes,
+    }
+    if k.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in k.image_pull_secrets]
+    if options.node_selector:
+        spec["nodeSelector"] = dict(options.node_selector)
+    if options.tolerations:
+        spec["tolerations"] = [dict(t) for t in options.tolerations]
+    return {"metadata": {"labels": labels(doc.name, component)}, "spec": spec}
+
+
+# -- Jobs ----------------------------------------------------------------------------------------------------
+def step_options(doc: RunDocument, step: str) -> PodOptions:
+    """The PodOptions of a step: compile and eval share kubernetes.compile."""
+    k = doc.spec.kubernetes
+    return {"prepare": k.prepare, "trainer": k.trainer, "compile": k.compile, "eval": k.compile}[step]
+
+
+def step_command(step: str) -> list[str]:
+    """`flowdpo` arguments of each Job step. compile/eval: no progress bars (logs are not terminals)."""
+    return {
+        "prepare": ["prepare", RUN_FILE],
+        "trainer": ["trainer", RUN_FILE],
+        "compile": ["compile", RUN_FILE, "--no-progress"],
+        "eval": ["eval", RUN_FILE, "--no-progress"],
+    }[step]
+
+
+def job(doc: RunDocument, owner: Owner, step: str) -> dict[str, Any]:
+    """The Job of one pipeline step. Every step resumes from object storage, so a retried pod (backoffLimit)
+    or a Job recreated after a suspend continues where the last one stopped."""
+    if step not in JOB_STEPS:
+        raise ValueError(f"unknown step {step!r}; expected one of {JOB_STEPS}")
+    k = doc.spec.kubernetes
+    options = step_options(doc, step)
+    args = step_command(step)
+    metrics = step == "trainer"
+    if metrics:
+        args = [*args, "--metrics-port", str(k.metrics_port)]
+    gpu = options.gpus > 0
+    container = _flowdpo_container(doc, step, args, options, metrics=metrics, shm=gpu)
+    return _sealed(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": _metadata(doc, owner, step),
+            "spec": {
+                "backoffLimit": k.backoff_limit,
+                "completions": 1,
+                "parallelism": 1,
+                # Never: each retry is a new pod, so the failed pod's logs stay readable.
+                "template": _pod_template(doc, step, [container], options, restart_policy="Never", shm=gpu),
+            },
+        }
+    )
+
+
+# -- the rollout Deployment -------------------------------------------------------------------------------
+def vllm_args(doc: RunDocument) -> list[str]:
+    """The vLLM OpenAI server's command line. Started as `python3 -m vllm.entrypoints.openai.api_server`
+    (the same flags as `vllm serve`), which works in every vLLM distribution, CPU builds included."""
+    spec, v = doc.spec, doc.spec.kubernetes.vllm
+    args = [
+        "python3", "-m", "vllm.entrypoints.openai.api_server",
+        "--model", spec.model.name,
+        "--port", str(v.port),
+        "--dtype", spec.model.dtype,
+        "--enable-lora",
+        "--max-loras", str(v.max_loras),
+        "--max-lora-rank", str(v.max_lora_rank),
+        "--gpu-memory-utilization", str(v.gpu_memory_utilization),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    gpus = doc.spec.kubernetes.rollout.gpus
+    if gpus > 1 and not any(a.startswith(("--tensor-parallel-size", "-tp")) for a in v.extra_args):
+        args += ["--tensor-parallel-size", str(gpus)]
+    return [*args, *v.extra_args]
+
+
+def _vllm_container(doc: RunDocument) -> dict[str, Any]:
+    k = doc.spec.kubernetes
+    return {
+        "name": "vllm",
+        "image": k.vllm.image,
+        "imagePullPolicy": k.image_pull_policy,
+        "command": vllm_args(doc),
+        # Adapters are loaded at run time with POST /v1/load_lora_adapter, one new name per version.
+        "env": _env({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}),
+        # The same Secret: gated models (Llama 3) need HF_TOKEN, which belongs there too.
+        "envFrom": _env_from(doc),
+        "ports": [{"name": "http", "containerPort": k.vllm.port, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": k.vllm.port},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": resources(k.rollout),
+        "volumeMounts": _mounts(shm=True, adapters=True),
+        "securityContext": _container_security(),
+    }
+
+
+def rollout_deployment(doc: RunDocument, owner: Owner) -> dict[str, Any]:
+    """Rollout workers: `spec.rollout.replicas` pods (0 while spec.suspend). With rollout.backend=vllm each pod
+    runs a vLLM server and the worker, which share an emptyDir at /adapters: the worker writes each adapter
+    version there and asks the server (on 127.0.0.1) to load it from the same path. Workers run with --linger:
+    a Deployment restarts containers that exit, so a worker whose shards are done idles until training ends
+    (then the Deployment is scaled down) instead of reloading the model in a restart loop."""
+    spec, k = doc.spec, doc.spec.kubernetes
+    port = str(k.metrics_port)
+    if spec.rollout.backend == "vllm":
+        worker = _flowdpo_container(
+            doc,
+            "worker",
+            [
+                "worker", RUN_FILE, "--metrics-port", port, "--linger",
+                "--vllm-url", f"http://127.0.0.1:{k.vllm.port}", "--adapter-dir", ADAPTER_DIR,
+            ],
+            None,
+            metrics=True,
+            env={"FLOWDPO_SERVER_ADAPTER_DIR": ADAPTER_DIR},
+            adapters=True,
+        )  # fmt: skip
+        containers = [_vllm_container(doc), worker]
+        shm, adapters = True, True
+    else:
+        shm, adapters = k.rollout.gpus > 0, False
+        worker = _flowdpo_container(
+            doc, "worker", ["worker", RUN_FILE, "--metrics-port", port, "--linger"], k.rollout, metrics=True, shm=shm
+        )
+        containers = [worker]
+    return _sealed(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(doc, owner, ROLLOUT),
+            "spec": {
+                "replicas": 0 if spec.suspend else spec.rollout.replicas,
+                "selector": {"matchLabels": selector_labels(doc.name, ROLLOUT)},
+                # Recreate: GPU pods, no spare GPU for a surge pod; workers are stateless (shard claims
+                # have leases in object storage), so replacing them all at once loses nothing.
+                "strategy": {"type": "Recreate"},
+                "template": _pod_template(
+                    doc, ROLLOUT, containers, k.rollout, restart_policy="Always", shm=shm, adapters=adapters
+                ),
+            },
+        }
+    )
