@@ -105,6 +105,11 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
             out["x-kubernetes-preserve-unknown-fields"] = True
     if out.get("additionalProperties") is False:
         out.pop("additionalProperties")  # structural schemas prune unknown fields by default
+    if "default" in out and out["default"] is None:
+        # The API server drops `default: null`, so the stored CRD would never equal this file: server-side
+        # apply (Helm 4 installs crds/ with it) then reports a conflict on .spec.versions with whoever
+        # applied the CRD first.
+        out.pop("default")
     return out
 
 

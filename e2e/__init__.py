@@ -1,0 +1,2 @@
+"""End-to-end tests on a real Kubernetes control plane (a package so that `e2e.support` and `tests.s3util`
+import from the repository root)."""
