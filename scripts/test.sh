@@ -7,4 +7,8 @@ bash scripts/bootstrap.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Convert the embedded model once (cached in ~/.cache/flowdpo/models) before the tests time anything.
 .venv/bin/python -c "from flowdpo.models import resolve_model_path; from flowdpo.spec import ModelSpec; resolve_model_path(ModelSpec())"
+# The real components the tests start, built or fetched once from Debian packages and cached in
+# ~/.cache/flowdpo: a Kubernetes 1.20 control plane for e2e/ (~6-10 min the first time), Prometheus.
+bash scripts/testenv/k8s.sh build
+bash scripts/testenv/prometheus.sh >/dev/null
 exec .venv/bin/python -m pytest -ra --timeout=1200 "$@"

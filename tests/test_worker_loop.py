@@ -121,3 +121,44 @@ def test_vllm_backend_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "flowdpo.flow.vllm_backend", None)
     with pytest.raises(BackendError, match="vLLM backend is not available"):
         make_backend(_doc(tmp_path, backend="vllm").spec)
+
+
+def test_lingering_worker_waits_for_the_trainer_and_a_late_one_loads_no_model(tmp_path, monkeypatch):
+    """Rollout pods are a Deployment: a worker whose shards are all done stays up (--linger) until the
+    trainer finishes, and a restarted worker that finds every shard done exits without loading a model."""
+    import flowdpo.distributed.worker_main as wm
+
+    doc = _doc(tmp_path)
+    store = open_store(doc.storage_uri())
+    ensure_spec(store, doc)
+    prepare(store, doc)
+    prompts = PromptBuilder(CharTokenizer(), doc.spec.flow)
+    out = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            run_worker(doc, lease_seconds=5, poll_seconds=0.05, worker_id="w", backend=EosBackend(),
+                       prompts=prompts, linger=True)
+        ),
+        daemon=True,
+    )
+    t.start()
+    try:
+        # Move the back-pressure window as the trainer would, until every shard has results.
+        for consumed in range(1, 6):
+            _wait(lambda c=consumed: len(store.list(RunLayout.results_root)) >= min(5, c + 1))
+            store.put_json(RunLayout.trainer_latest, {"key": RunLayout.trainer_state(consumed)})
+        time.sleep(0.5)
+        assert t.is_alive(), "the lingering worker exited before the trainer finished"
+        store.put_json(RunLayout.progress, {"run": "loop", "phase": "Succeeded"})
+        t.join(10)
+        assert not t.is_alive() and out["shards"] == [0, 1, 2, 3, 4]
+    finally:  # never leave the thread behind (pytest would wait for it)
+        store.put_json(RunLayout.trainer_latest, {"key": RunLayout.trainer_state(5)})
+        store.put_json(RunLayout.progress, {"run": "loop", "phase": "Succeeded"})
+        t.join(10)
+
+    def no_model(*a, **k):
+        raise AssertionError("a worker with nothing to do loaded the model")
+
+    monkeypatch.setattr(wm, "make_backend", no_model)
+    assert run_worker(doc, poll_seconds=0.05, worker_id="late", linger=True)["shards"] == []

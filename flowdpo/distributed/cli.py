@@ -45,6 +45,7 @@ def cmd_worker(args) -> int:
             worker_id=args.worker_id,
             vllm_url=args.vllm_url,
             adapter_dir=args.adapter_dir,
+            linger=args.linger,
         )
     except BackendError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -82,6 +83,11 @@ def add_subparsers(sub) -> None:
     w.add_argument("--worker-id", help="name in claims (default: host-pid-random)")
     w.add_argument("--vllm-url", help="vLLM server for rollout.backend=vllm (default $FLOWDPO_VLLM_URL or :8000)")
     w.add_argument("--adapter-dir", help="local folder for adapter versions served by vLLM ($FLOWDPO_ADAPTER_DIR)")
+    w.add_argument(
+        "--linger", action="store_true",
+        help="once every shard has results, stay up (idle) until the trainer finishes the run: for Deployments, "
+        "which restart containers that exit",
+    )
     w.set_defaults(func=cmd_worker)
 
     t = sub.add_parser("trainer", help="trainer service: consume finished shards in order, train, publish adapters")

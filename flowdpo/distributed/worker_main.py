@@ -131,19 +131,24 @@ def run_worker(
     worker_id: str | None = None,
     backend=None,
     prompts: PromptBuilder | None = None,
+    linger: bool = False,
     **backend_options,
 ) -> dict:
-    """Work until every shard has results. Returns {"shards": shards this worker completed, ...}."""
+    """Work until every shard has results. Returns {"shards": shards this worker completed, ...}.
+
+    `linger`: then stay up (idle, serving metrics) until the trainer has finished the run. A Kubernetes
+    Deployment restarts containers that exit, so rollout pods linger until the operator scales them down;
+    a worker that starts when every shard already has results loads no model."""
     store = open_store(doc.storage_uri())
     metrics = metrics or Metrics(doc.name)
     run, spec = doc.name, doc.spec
     metrics.set_phase("Pending")
     manifest = wait_for_run(store, doc, poll_seconds)
     total = manifest["shards"]
-    if backend is None:
+    claims = Claims(store, worker_id or new_worker_id(), lease_seconds)
+    if backend is None and len(claims.done()) < total:
         backend, prompts = make_backend(spec, **backend_options)
     worker = RolloutWorker(backend, prompts, spec, store, run)
-    claims = Claims(store, worker_id or new_worker_id(), lease_seconds)
     log.info("worker %s: %d shards, lease %.0fs, backend %s", claims.worker, total, lease_seconds, spec.rollout.backend)
     metrics.set_phase("Training")
     if hasattr(signal, "SIGTERM"):
@@ -196,6 +201,13 @@ def run_worker(
             log.info("shard %d: done in %.1fs", claim.shard, time.monotonic() - t0)
         else:
             log.info("shard %d: another attempt's result won", claim.shard)
-    metrics.set_phase("Succeeded")
     log.info("worker %s: every shard has results (%d by this worker)", claims.worker, len(completed))
+    if linger:
+        announced = False
+        while (store.get_json_or(RunLayout.progress) or {}).get("phase") != "Succeeded":
+            if not announced:
+                log.info("waiting for the trainer to finish the run (--linger)")
+                announced = True
+            time.sleep(poll_seconds)
+    metrics.set_phase("Succeeded")
     return {"worker": claims.worker, "shards": completed}
