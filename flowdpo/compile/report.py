@@ -78,7 +78,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def _cell_text(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return f"{_pct(r['accuracy'])} ({r['correct']}/{r['examples']}; 95% CI {_pct(lo)}-{_pct(hi)})"
+
+
 def render_compile_markdown(c: dict[str, Any]) -> str:
+    from flowdpo.compile.eval import markdown_table
+
     sets = c["sets"]
     lines = [
         "## Compile table",
@@ -91,21 +98,7 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
         else f"temperature {c['temperature']}",
     ]
     lines[-1] += "; evaluation questions are disjoint from training and compile questions (checked)."
-    lines += [
-        "",
-        "| model | " + " | ".join(f"{s['title']} (n={s['questions']})" for s in sets) + " |",
-        "|---" * (len(sets) + 1) + "|",
-    ]
-    for row in c["rows"]:
-        cells = []
-        for s in sets:
-            r = row["results"].get(s["id"])
-            if not r or not r["examples"]:
-                cells.append("-")
-            else:
-                lo, hi = r["ci95"]
-                cells.append(f"{_pct(r['accuracy'])} ({r['correct']}/{r['examples']}; 95% CI {_pct(lo)}-{_pct(hi)})")
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    lines += ["", *markdown_table(sets, c["rows"], _cell_text)]
     if c["traceSources"]:
         lines += ["", "| trace source | compile questions solved | correct attempts | SFT steps | final train loss |"]
         lines.append("|---|---|---|---|---|")
