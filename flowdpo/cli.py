@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: everything finished so far is saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `flowdpo status ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
