@@ -206,6 +206,33 @@ def _version_changes(rows: list[dict], adapter: str) -> list[int]:
     return out
 
 
+def flow_behaviour(rows: list[dict]) -> list[dict[str, Any]]:
+    """How the trained flow's main chains end, per quarter of the run (in consumption order): what the Stop
+    adapter learns shows here before it shows in accuracy — e.g. fewer answers cut off before a final answer.
+    Ends: `stop` (the Stop LLM said yes), `max_chunks`, `empty_chunk` (the Answer LLM had nothing to add)."""
+    n = len(rows)
+    if n < 4:
+        return []
+    out = []
+    for i in range(4):
+        part = rows[i * n // 4 : (i + 1) * n // 4]
+        p_stop = [p for r in part for p in (r.get("pStop") or [])]
+        ends = {e: sum(1 for r in part if r.get("endReason") == e) / len(part) for e in ("stop", "max_chunks", "empty_chunk")}
+        out.append(
+            {
+                "quarter": i + 1,
+                "examples": len(part),
+                "accuracy": sum(bool(r.get("correct")) for r in part) / len(part),
+                "meanChunks": sum(r.get("chunks", 0) for r in part) / len(part),
+                "noFinalAnswer": sum(1 for r in part if r.get("extracted") is None) / len(part),
+                "meanStopProbability": sum(p_stop) / len(p_stop) if p_stop else None,
+                "ends": ends,
+                "rolloutsCorrect": sum(r.get("rolloutsCorrect", 0) for r in part) / max(1, sum(r.get("rollouts", 0) for r in part)),
+            }
+        )
+    return out
+
+
 def compute(data: dict[str, Any]) -> dict[str, Any]:
     rows = data["rows"]
     progress = data["progress"] or {}
@@ -249,6 +276,8 @@ def compute(data: dict[str, Any]) -> dict[str, Any]:
                 vals = [bool(r["baselines"][b]) for r in part if b in (r.get("baselines") or {})]
                 entry[b] = _acc(sum(vals), len(vals))
             quarters[name] = entry
+
+    behaviour = flow_behaviour(rows)
 
     sources: dict[str, Any] = {}
     for r in rows:
@@ -303,6 +332,7 @@ def compute(data: dict[str, Any]) -> dict[str, Any]:
         "progressiveAccuracy": _acc(k, n),
         "baselines": baselines,
         "quarters": quarters,
+        "behaviour": behaviour,
         "movingWindow": w,
         "movingAccuracyLast": moving_accuracy(correct, w)[-1] if n >= w else None,
         "pairs": pairs,
@@ -498,6 +528,21 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         lines += ["", f"Trained flow, last minus first quarter: {_pp(diff)}; the two Wilson CIs {overlap}."]
     else:
         lines += ["", "Too few examples for a first/last quarter comparison."]
+    if N.get("behaviour"):
+        lines += [
+            "",
+            "### How the trained flow's answers end, by quarter",
+            "",
+            "| quarter | accuracy | chunks per answer | no final answer | mean P(stop) | ended by Stop | by max chunks | by empty chunk | rollouts correct |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for b in N["behaviour"]:
+            ps = "-" if b["meanStopProbability"] is None else f"{b['meanStopProbability']:.3f}"
+            e = b["ends"]
+            lines.append(
+                f"| {b['quarter']} ({b['examples']}) | {_pct(b['accuracy'])} | {b['meanChunks']:.2f} | {_pct(b['noFinalAnswer'])} | "
+                f"{ps} | {_pct(e['stop'])} | {_pct(e['max_chunks'])} | {_pct(e['empty_chunk'])} | {_pct(b['rolloutsCorrect'])} |"
+            )
 
     lines += [
         "",

@@ -289,3 +289,22 @@ def test_report_carries_the_compile_table_with_paired_comparisons(run, tmp_path)
     lo, hi = wilson_interval(6, 10)
     assert f"60.0% (6/10; 95% CI {100 * lo:.1f}%-{100 * hi:.1f}%)" in md
     assert "vs SFT (self-generated): +20.0 pp" in md
+
+
+def test_flow_behaviour_by_quarter():
+    from flowdpo.report import flow_behaviour
+
+    def row(end, extracted, p_stop, correct=False):
+        return {"endReason": end, "extracted": extracted, "pStop": p_stop, "chunks": len(p_stop) + 1,
+                "correct": correct, "rollouts": 2, "rolloutsCorrect": int(correct)}
+
+    # Early stops without an answer in the first half; full-length answers with one in the second.
+    rows = [row("stop", None, [0.9])] * 4 + [row("max_chunks", "7", [0.1, 0.2, 0.3], correct=True)] * 4
+    q = flow_behaviour(rows)
+    assert [b["examples"] for b in q] == [2, 2, 2, 2]
+    assert q[0]["noFinalAnswer"] == 1.0 and q[3]["noFinalAnswer"] == 0.0
+    assert q[0]["ends"]["stop"] == 1.0 and q[3]["ends"]["max_chunks"] == 1.0
+    assert q[0]["meanStopProbability"] == pytest.approx(0.9) and q[3]["meanStopProbability"] == pytest.approx(0.2)
+    assert q[0]["meanChunks"] == 2 and q[3]["meanChunks"] == 4 and q[3]["accuracy"] == 1.0
+    assert q[3]["rolloutsCorrect"] == 0.5
+    assert flow_behaviour(rows[:3]) == []
