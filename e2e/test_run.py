@@ -70,3 +70,13 @@ def test_tiny_run_goes_from_pending_to_succeeded_and_survives_an_operator_restar
     # compile and eval wrote their results next to the training data.
     assert read_json(moto_s3, uri, RunLayout.compile_manifest)["tracesPerSource"] >= 1
     assert read_json(moto_s3, uri, RunLayout.eval_table_json) is not None
+
+    # `kubectl get fdr` shows the run through the CRD's printer columns.
+    got = control_plane.kubectl("-n", namespace, "get", "fdr", "tiny", check=True).stdout
+    print(got)
+    header, line = got.strip().splitlines()
+    assert header.split() == ["NAME", "PHASE", "ACCURACY", "EXAMPLES", "PAIRS", "ADAPTER", "AGE"]
+    cols = line.split()
+    assert cols[:2] == ["tiny", "Succeeded"]
+    assert float(cols[2]) == pytest.approx(progress["progressiveAccuracy"], abs=1e-6)
+    assert cols[3:6] == [str(progress["examples"]), str(status["pairsTotal"]), status["adapterVersion"]]
