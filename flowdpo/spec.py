@@ -277,6 +277,12 @@ class EvaluationSpec(_Model):
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy decoding).")
     batch_size: int = Field(16, ge=1, description="Questions per generation batch.")
+    flow_rows: bool = Field(
+        False,
+        description="Also evaluate the flows themselves on the eval sets: the trained flow (final Answer and Stop "
+        "adapters) and the untrained flow, with the flow's sampling settings — a held-out trained-vs-untrained "
+        "comparison next to progressive accuracy.",
+    )
 
     @field_validator("sets")
     @classmethod

@@ -279,6 +279,7 @@ spec:
     evaluation:
       maxNewTokens: 10
       batchSize: 16
+      flowRows: true
       sets:
         - {{name: heldout, numQuestions: 6}}
         - {{name: gsm8k, path: {fixture}, numQuestions: 3}}
@@ -365,7 +366,12 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
 
     assert main(["eval", str(run_file), "--no-progress"]) == 0
     table = store.get_json(RunLayout.eval_table_json)
-    assert [r["row"] for r in table["rows"]] == ["zero-shot"] + [f"sft-{s}" for s in COMPILE_SOURCES]
+    assert [r["row"] for r in table["rows"]] == (
+        ["zero-shot"] + [f"sft-{s}" for s in COMPILE_SOURCES] + ["flow-trained", "flow-untrained"]
+    )
+    # The flow rows answered with the flow itself: chunks and an end reason per question.
+    flow_rows = store.get_jsonl(RunLayout.eval_outcomes("flow-trained", "heldout"))
+    assert flow_rows and all(r["chunks"] >= 1 and r["endReason"] for r in flow_rows)
     assert [s["id"] for s in table["sets"]] == ["heldout", "gsm8k-test"]
     assert [s["questions"] for s in table["sets"]] == [6, 3]
     for row in table["rows"]:
@@ -381,6 +387,7 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
         raise AssertionError("eval reloaded the model although every row's outcomes were stored")
 
     monkeypatch.setattr(eval_module, "load_eval_model", no_model)
+    monkeypatch.setattr(eval_module, "load_flow_model", no_model)
     assert main(["eval", str(run_file), "--no-progress"]) == 0
     again = store.get_json(RunLayout.eval_table_json)
     assert [r["results"] for r in again["rows"]] == [r["results"] for r in table["rows"]]

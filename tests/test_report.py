@@ -288,7 +288,7 @@ def test_report_carries_the_compile_table_with_paired_comparisons(run, tmp_path)
     assert "## Compile table" in md and "](compile.png)" in md
     lo, hi = wilson_interval(6, 10)
     assert f"60.0% (6/10; 95% CI {100 * lo:.1f}%-{100 * hi:.1f}%)" in md
-    assert "vs SFT (self-generated): +20.0 pp" in md
+    assert "SFT (flow-generated) vs SFT (self-generated): +20.0 pp" in md
 
 
 def test_flow_behaviour_by_quarter():

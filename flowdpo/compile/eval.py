@@ -45,7 +45,13 @@ from flowdpo.storage.layout import COMPILE_SOURCES
 log = logging.getLogger(__name__)
 
 ZERO_SHOT = "zero-shot"
-ROW_LABELS = {ZERO_SHOT: "0-shot", **{f"sft-{s}": label for s, label in SOURCE_LABELS.items()}}
+FLOW_TRAINED, FLOW_UNTRAINED = "flow-trained", "flow-untrained"  # compile.evaluation.flowRows
+ROW_LABELS = {
+    ZERO_SHOT: "0-shot",
+    **{f"sft-{s}": label for s, label in SOURCE_LABELS.items()},
+    FLOW_TRAINED: "trained flow (final adapters)",
+    FLOW_UNTRAINED: "untrained flow",
+}
 
 
 # -- the questions evaluation must never see ---------------------------------------------------------
@@ -252,6 +258,8 @@ def render_table(table: dict[str, Any]) -> str:
         if table["temperature"] == 0
         else f"- Accuracy in %; temperature {table['temperature']}"
     )
+    if any(r["row"] in (FLOW_TRAINED, FLOW_UNTRAINED) for r in table["rows"]):
+        lines.append("- The flow rows answer with the flow itself (chunks + Stop decisions, the flow's sampling settings).")
     lines.append("- Evaluation questions share no question with the training or compile questions (checked).")
     lines += ["", *markdown_table(sets, table["rows"], _cell_text)]
     lines += [
@@ -266,7 +274,12 @@ def _row_fingerprint(doc: RunDocument, store: ObjectStore, row: str, max_new: in
     """What a row's outcomes depend on: the base model, the generation settings and, for an SFT row, the
     adapter's training log (rewritten whenever the adapter is retrained)."""
     ev = doc.spec.compile.evaluation
-    sft_log = None if row == ZERO_SHOT else store.get_json(RunLayout.sft_log(row.removeprefix("sft-")))
+    sft_log = store.get_json(RunLayout.sft_log(row.removeprefix("sft-"))) if row.startswith("sft-") else None
+    flow = None
+    if row in (FLOW_TRAINED, FLOW_UNTRAINED):
+        flow = {"flow": doc.spec.flow.model_dump(mode="json"), "lora": doc.spec.lora.model_dump(mode="json")}
+        if row == FLOW_TRAINED:
+            flow["adapterVersions"] = store.get_json_or(RunLayout.adapters_latest)
     return fingerprint(
         {
             "model": doc.spec.model.model_dump(mode="json"),
@@ -275,8 +288,60 @@ def _row_fingerprint(doc: RunDocument, store: ObjectStore, row: str, max_new: in
             "seed": doc.spec.seed,
             "prompt": doc.spec.flow.answer_system_prompt,
             "sftLog": sft_log,
+            "flow": flow,
         }
     )
+
+
+def load_flow_model(doc: RunDocument, store: ObjectStore):
+    """(backend, prompts): the base model with the run's Answer and Stop adapters at their final versions."""
+    from flowdpo.flow.backend import TransformersBackend
+    from flowdpo.flow.prompts import PromptBuilder
+    from flowdpo.models import load_base_model
+    from flowdpo.train.adapters import attach_adapters
+
+    spec = doc.spec
+    model, tok = load_base_model(spec.model, spec.device)
+    model = attach_adapters(model, spec.lora, spec.seed)
+    prompts = PromptBuilder(tok, spec.flow)
+    backend = TransformersBackend(model, tok, prompts.eos_ids, max_batch=spec.compile.evaluation.batch_size)
+    for name, version in (store.get_json_or(RunLayout.adapters_latest) or {}).items():
+        if version:
+            files = {f: store.get(f"{RunLayout.adapter(name, version)}/{f}") for f in ("adapter_config.json", "adapter_model.safetensors")}
+            backend.load_adapter(name, version, files)
+    return backend, prompts
+
+
+def answer_with_flow(backend, prompts, spec, examples: Sequence[Example], trained: bool) -> list[dict]:
+    """Each question answered once by the flow (Answer chunks + Stop decisions, the flow's sampling settings);
+    trained=False: the untrained flow (base model in both roles)."""
+    import random
+
+    import torch
+
+    from flowdpo.flow.engine import run_flows
+    from flowdpo.flow.rollouts import final_text, main_state
+
+    torch.manual_seed(spec.seed)
+    states = [main_state(ex, prompts, use_adapters=trained) for ex in examples]
+    run_flows(states, backend, prompts, spec.flow, random.Random(spec.seed))
+    rows = []
+    for ex, st in zip(examples, states):
+        text = final_text(st, prompts)
+        g = grade(text, ex.answer)
+        rows.append(
+            {
+                "exampleId": ex.id,
+                "question": ex.question,
+                "gold": ex.answer,
+                "answer": text,
+                "extracted": g.extracted,
+                "correct": g.correct,
+                "chunks": len(st.chunks),
+                "endReason": st.end_reason,
+            }
+        )
+    return rows
 
 
 def _stored_outcomes(
@@ -309,13 +374,15 @@ def evaluate_run(
         sets.append((es, examples, info))
     sources = sft_sources_in_store(store)
     rows = [ZERO_SHOT] + [f"sft-{s}" for s in sources]
+    if ev.flow_rows:
+        rows += [FLOW_TRAINED, FLOW_UNTRAINED]
     max_new = ev.max_new_tokens or spec.flow.chunk_tokens * spec.flow.max_chunks
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(rows) * len(sets), unit="cell", desc="eval", dynamic_ncols=True)
-    backend = prompts = None
+    backend = prompts = flow_backend = flow_prompts = None
     out_rows = []
     everything = [ex for _, examples, _ in sets for ex in examples]  # one batched call per row
     for row in rows:
@@ -325,6 +392,14 @@ def evaluate_run(
         if all(v is not None for v in stored.values()):
             log.info("eval %s: reusing stored outcomes (same questions, model and settings)", row)
             answered = [r for es, _, _ in sets for r in stored[es.id]]
+        elif row in (FLOW_TRAINED, FLOW_UNTRAINED):
+            if flow_backend is None:
+                backend = None  # one model at a time (an 8B model twice would not fit many GPUs)
+                gc.collect()
+                flow_backend, flow_prompts = load_flow_model(doc, store)
+            answered = answer_with_flow(flow_backend, flow_prompts, spec, everything, trained=row == FLOW_TRAINED)
+            for r in answered:
+                r["fingerprint"] = fp
         else:
             if backend is None:
                 backend, prompts = load_eval_model(doc, store, sources)
@@ -344,12 +419,12 @@ def evaluate_run(
             if bar is not None:
                 bar.update(1)
         entry: dict[str, Any] = {"row": row, "label": ROW_LABELS[row], "results": results}
-        if row != ZERO_SHOT:
+        if row.startswith("sft-"):
             entry["sftLog"] = RunLayout.sft_log(row.removeprefix("sft-"))
         out_rows.append(entry)
     if bar is not None:
         bar.close()
-    backend = None
+    backend = flow_backend = None
     gc.collect()
     manifest = store.get_json_or(RunLayout.compile_manifest) or {}
     table = {

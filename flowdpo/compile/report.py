@@ -33,21 +33,26 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
             key = RunLayout.eval_outcomes(row["row"], s["id"])
             if store.exists(key):
                 outcomes[(row["row"], s["id"])] = {r["question"]: bool(r["correct"]) for r in store.get_jsonl(key)}
-    comparisons = []
     rows = {r["row"]: r for r in table["rows"]}
-    if FLOW_ROW in rows:
-        for other in rows:
-            if other == FLOW_ROW:
+    pairs_to_compare = (
+        [(FLOW_ROW, other) for other in rows if other != FLOW_ROW and not other.startswith("flow-")]
+        if FLOW_ROW in rows
+        else []
+    )
+    if "flow-trained" in rows and "flow-untrained" in rows:
+        pairs_to_compare.append(("flow-trained", "flow-untrained"))
+    comparisons = []
+    for first, second in pairs_to_compare:
+        for s in table["sets"]:
+            a, b = outcomes.get((first, s["id"])), outcomes.get((second, s["id"]))
+            if not a or not b:
                 continue
-            for s in table["sets"]:
-                a, b = outcomes.get((FLOW_ROW, s["id"])), outcomes.get((other, s["id"]))
-                if not a or not b:
-                    continue
-                common = sorted(set(a) & set(b))
-                d = paired_difference([a[q] for q in common], [b[q] for q in common])
-                comparisons.append(
-                    {"set": s["id"], "first": FLOW_ROW, "second": other, "secondLabel": rows[other]["label"], **d}
-                )
+            common = sorted(set(a) & set(b))
+            d = paired_difference([a[q] for q in common], [b[q] for q in common])
+            comparisons.append(
+                {"set": s["id"], "first": first, "firstLabel": rows[first]["label"], "second": second,
+                 "secondLabel": rows[second]["label"], **d}
+            )
     manifest = store.get_json_or(RunLayout.compile_manifest) or {}
     sources = {
         name: {k: st.get(k) for k in ("questionsSolved", "correctAttempts", "attempts")}
@@ -97,6 +102,8 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
         if c["temperature"] == 0
         else f"temperature {c['temperature']}",
     ]
+    if any(r["row"].startswith("flow-") for r in c["rows"]):
+        lines[-1] += " (the flow rows sample with the flow's own settings)"
     lines[-1] += "; evaluation questions are disjoint from training and compile questions (checked)."
     lines += ["", *markdown_table(sets, c["rows"], _cell_text)]
     if c["traceSources"]:
@@ -110,21 +117,21 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
                 f" | {lg.get('steps', '-')} | {loss} |"
             )
     if c["pairedVsFlow"]:
-        lines += ["", "Paired differences on the same evaluation questions (SFT on flow traces minus the other row):", ""]
+        lines += ["", "Paired differences on the same evaluation questions (first row minus second row):", ""]
         for d in c["pairedVsFlow"]:
             if not d["examples"]:
                 continue
             ci = d["ci95"]
             ci_s = f"95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pp" if ci else "no CI (n=1)"
             if ci and ci[0] > 0:
-                verdict = "flow traces better"
+                verdict = "the first is better"
             elif ci and ci[1] < 0:
-                verdict = "flow traces worse"
+                verdict = "the first is worse"
             else:
                 verdict = "no significant difference"
             lines.append(
-                f"- {d['set']}: vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; only flow-SFT correct "
-                f"on {d['onlyFirstCorrect']}, only the other on {d['onlySecondCorrect']}): {verdict}."
+                f"- {d['set']}: {d['firstLabel']} vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; only "
+                f"the first correct on {d['onlyFirstCorrect']}, only the second on {d['onlySecondCorrect']}): {verdict}."
             )
     lines.append("")
     return "\n".join(lines)
