@@ -280,17 +280,17 @@ def _row_fingerprint(doc: RunDocument, store: ObjectStore, row: str, max_new: in
         flow = {"flow": doc.spec.flow.model_dump(mode="json"), "lora": doc.spec.lora.model_dump(mode="json")}
         if row == FLOW_TRAINED:
             flow["adapterVersions"] = store.get_json_or(RunLayout.adapters_latest)
-    return fingerprint(
-        {
-            "model": doc.spec.model.model_dump(mode="json"),
-            "temperature": ev.temperature,
-            "maxNewTokens": max_new,
-            "seed": doc.spec.seed,
-            "prompt": doc.spec.flow.answer_system_prompt,
-            "sftLog": sft_log,
-            "flow": flow,
-        }
-    )
+    payload = {
+        "model": doc.spec.model.model_dump(mode="json"),
+        "temperature": ev.temperature,
+        "maxNewTokens": max_new,
+        "seed": doc.spec.seed,
+        "prompt": doc.spec.flow.answer_system_prompt,
+        "sftLog": sft_log,
+    }
+    if flow is not None:  # only flow rows carry it: the other rows' stored outcomes stay valid
+        payload["flow"] = flow
+    return fingerprint(payload)
 
 
 def load_flow_model(doc: RunDocument, store: ObjectStore):
