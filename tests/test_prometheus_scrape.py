@@ -260,9 +260,11 @@ def test_every_dashboard_query_returns_data_from_a_real_run(
 
     # Until the operator exports the run's phase, the Phase panel shows the pods' (both wait for `prepare`).
     prom.wait_until("the pods' phase Pending", lambda: shown_phases(prom.query(phase_expr)) == ["Pending"])
+    time.sleep(2.0)  # hold it for two scrapes, so the 1 s steps of the range query below land inside it
     # Then the operator's wins, whatever the pods say (they still say Pending: nothing is prepared yet).
     operator.set_phase(NAMESPACE, RUN, "Preparing")
     prom.wait_until("the operator's Preparing", lambda: shown_phases(prom.query(phase_expr)) == ["Preparing"])
+    time.sleep(2.0)
 
     # The prepare step, in-process.
     doc = load_document(run_file)
