@@ -183,6 +183,20 @@ def load_eval_model(doc: RunDocument, store: ObjectStore, sources: Sequence[str]
     return backend, prompts
 
 
+def graded_outcome(ex: Example, text: str, **extra: Any) -> dict:
+    """One eval outcome record (eval/outcomes/<row>/<set>.jsonl): the answer, what was extracted, correct."""
+    g = grade(text, ex.answer)
+    return {
+        "exampleId": ex.id,
+        "question": ex.question,
+        "gold": ex.answer,
+        "answer": text,
+        "extracted": g.extracted,
+        "correct": g.correct,
+        **extra,
+    }
+
+
 def answer_questions(
     backend,
     prompts,
@@ -201,18 +215,7 @@ def answer_questions(
     rows = []
     for ex, ids in zip(examples, outs):
         text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
-        g = grade(text, ex.answer)
-        rows.append(
-            {
-                "exampleId": ex.id,
-                "question": ex.question,
-                "gold": ex.answer,
-                "answer": text,
-                "extracted": g.extracted,
-                "correct": g.correct,
-                "tokens": len(ids),
-            }
-        )
+        rows.append(graded_outcome(ex, text, tokens=len(ids)))
     return rows
 
 
@@ -325,23 +328,10 @@ def answer_with_flow(backend, prompts, spec, examples: Sequence[Example], traine
     torch.manual_seed(spec.seed)
     states = [main_state(ex, prompts, use_adapters=trained) for ex in examples]
     run_flows(states, backend, prompts, spec.flow, random.Random(spec.seed))
-    rows = []
-    for ex, st in zip(examples, states):
-        text = final_text(st, prompts)
-        g = grade(text, ex.answer)
-        rows.append(
-            {
-                "exampleId": ex.id,
-                "question": ex.question,
-                "gold": ex.answer,
-                "answer": text,
-                "extracted": g.extracted,
-                "correct": g.correct,
-                "chunks": len(st.chunks),
-                "endReason": st.end_reason,
-            }
-        )
-    return rows
+    return [
+        graded_outcome(ex, final_text(st, prompts), chunks=len(st.chunks), endReason=st.end_reason)
+        for ex, st in zip(examples, states)
+    ]
 
 
 def _stored_outcomes(
