@@ -11,7 +11,7 @@ import pytest
 
 from flowdpo.cli import main
 from flowdpo.compile.common import CompileError
-from flowdpo.compile.judge import compare_sources, judge_key, parse_verdict
+from flowdpo.compile.judge import compare_sources, parse_verdict
 from flowdpo.storage import RunLayout, open_store
 
 
@@ -65,7 +65,7 @@ def test_both_orders_decide_wins_ties_and_invalid(tmp_path):
     assert judge.calls == 8  # every question in both orders
     assert r["winRateA"] == pytest.approx(2 / 3) and r["winRateA95"][0] < 2 / 3 < r["winRateA95"][1]
     assert [v["outcome"] for v in r["verdicts"]] == ["winsA", "winsB", "winsA", "invalid"]
-    assert store.get_json(judge_key("flow-generated", "self-generated"))["winsA"] == 2
+    assert store.get_json(RunLayout.compile_judge("flow-generated", "self-generated"))["winsA"] == 2
     # Rerun with the same settings: reused, the judge is not asked again.
     again = compare_sources(store, judge, "flow-generated", "self-generated")
     assert judge.calls == 8 and again["verdicts"] == r["verdicts"]

@@ -71,10 +71,6 @@ class ChatJudge:
         return r.json()["choices"][0]["message"]["content"] or ""
 
 
-def judge_key(a: str, b: str) -> str:
-    return f"compile/judge/{a}__vs__{b}.json"
-
-
 def compare_sources(
     store: ObjectStore, judge: ChatJudge, a: str, b: str, *, limit: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
@@ -95,7 +91,7 @@ def compare_sources(
     if limit is not None and limit < len(ids):
         ids = sorted(random.Random(seed).sample(ids, limit), key=ids.index)
     settings = {"judgeUrl": judge.url, "judgeModel": judge.model, "questions": ids, "prompt": SYSTEM_PROMPT}
-    done = store.get_json_or(judge_key(a, b))
+    done = store.get_json_or(RunLayout.compile_judge(a, b))
     if done and done.get("settings") == settings:
         return done
 
@@ -127,7 +123,7 @@ def compare_sources(
         "verdicts": verdicts,
         "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    store.put_json(judge_key(a, b), result)
+    store.put_json(RunLayout.compile_judge(a, b), result)
     return result
 
 
@@ -153,7 +149,7 @@ def cmd_judge(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_result(result))
-    print(f"verdicts: {store.uri}/{judge_key(args.a, args.b)}")
+    print(f"verdicts: {store.uri}/{RunLayout.compile_judge(args.a, args.b)}")
     return 0
 
 

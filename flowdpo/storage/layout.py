@@ -22,6 +22,7 @@ compile/traces/<source>.jsonl      the kept traces of a source (equal-data selec
 compile/MANIFEST.json              the selection: questions, counts per source, rule, provenance (written last)
 compile/sft/<source>/              peft folder of the SFT adapter trained on that source's traces
 compile/sft/<source>.json          its training log (hyperparameters, steps, losses, seconds)
+compile/judge/<a>__vs__<b>.json    pairwise judge verdicts and win rates of two sources (flowdpo judge)
 eval/outcomes/<row>/<set>.jsonl    per-question outcomes of one table row on one eval set (flowdpo eval)
 eval/table.json, eval/table.md     the compile table: accuracy, 95% Wilson CI and n per row and eval set
 ```
@@ -173,6 +174,11 @@ class RunLayout:
     @classmethod
     def sft_log(cls, source: str) -> str:
         return f"compile/sft/{cls._source(source)}.json"
+
+    @classmethod
+    def compile_judge(cls, a: str, b: str) -> str:
+        """Verdicts of the pairwise judge of source `a` against source `b`."""
+        return f"compile/judge/{cls._source(a)}__vs__{cls._source(b)}.json"
 
     @staticmethod
     def eval_outcomes(row: str, set_id: str) -> str:
