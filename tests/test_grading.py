@@ -7,6 +7,7 @@ expressions, the last-number rule, and unevaluated arithmetic that math-verify w
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -40,7 +41,9 @@ CASES = [
     ("\\boxed{12 + 1}", "13", False, None),
     ("The answer is \\boxed{13", "13", False, None),
     ("The answer is:", "13", False, None),
-    ("We get \\boxed{13}. Double-check: 12 + 1 =", "13", False, None),
+    # Was (False, None): every cut-off text had no answer. Policy now (issue #9): an explicit answer
+    # statement made before the cut-off tail still counts; the unfinished "12 + 1 =" is a check of it.
+    ("We get \\boxed{13}. Double-check: 12 + 1 =", "13", True, "13"),
     # boxed (nested braces, \fbox, last box wins)
     ("\\boxed{\\frac{1}{2}}", "0.5", True, "\\frac{1}{2}"),
     ("so $x = \\boxed{\\frac{\\sqrt{2}}{2}}$", "\\frac{\\sqrt{2}}{2}", True, "\\frac{\\sqrt{2}}{2}"),
@@ -76,13 +79,298 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES)
+# Issue #9 ("make every verdict right"): one table per class of wrong verdicts. Every class has cases
+# that the grader before the fix got wrong (see the comment above each table).
+
+# A text cut off mid-clause has no answer; an explicit answer statement made earlier still counts.
+# Before: "which is" and friends were not endings, so the last number of the cut-off text won.
+TRUNCATED = [
+    ("Start from 13 and subtract 4, which is", "4", False, None),
+    ("Start from 13 and subtract 4, which is", "9", False, None),
+    ("First add 12 and 1 to get", "1", False, None),
+    ("So 25 + 17 - 8 gives", "8", False, None),
+    ("We have 7 apples and", "7", False, None),
+    ("Sarah reads 20 pages a day for 7 days, so we get", "7", False, None),
+    ("The number of pages is 20 times 7, which is 140. Then we subtract", "140", False, None),
+    ("3 + 4 = 7,", "7", False, None),
+    ("Let me compute 6 * 7 step by step: 6 * 7 = 42. Next we need the", "42", False, None),
+    ("In this case, we multiply 12 by the numerator", "12", False, None),
+    # an explicit answer statement before the cut-off tail counts ...
+    ("The answer is 9. Let me check: 13 - 4 is", "9", True, "9"),
+    ("\\boxed{9}. Check: 13 - 4 =", "9", True, "9"),
+    # ... unless the tail is a new answer statement being written
+    ("The answer is 9. So the correct answer is", "9", False, None),
+]
+
+# A stated answer followed by a correction or retraction. Before: the first marker won ("12").
+CORRECTED = [
+    ("#### 12\nActually it is 13", "13", True, "13"),
+    ("#### 12\nActually it is 13", "12", False, "13"),
+    ("The answer is 12. Wait, 5 + 8 = 13, so it is 13.", "13", True, "13"),
+    ("The answer is 12.\nCorrection: 13", "12", False, "13"),
+    ("The answer is 12. Oops, I made a mistake: 5 + 8 = 13.", "13", True, "13"),
+    ("The answer is 7. Wait, no, it's 8.", "7", False, "8"),
+    ("\\boxed{12}\nWait, that is wrong.", "12", False, None),
+    ("3 + 4 = 7. Wait, that is wrong.", "7", False, None),
+    ("#### 12\nSorry, the answer should be", "12", False, None),
+    # a soft cue with no new answer changes nothing
+    ("The answer is 13. We actually just add 6 and 7.", "13", True, "13"),
+    ("The answer is 7. Hmm, let me double-check: 3 + 4 = 7.", "7", True, "7"),
+]
+
+# Answer phrasings. Before: only "answer is"/"Answer:" were markers, so trailing chatter's last number
+# won ("... 1 + 1 = 2" graded as 2) and value statements lost to stray numbers after them.
+MARKERS = [
+    ("The answer to this problem is 1. To double check, 1 + 1 = 2", "1", True, "1"),
+    ("The answer to this problem is 1. To double check, 1 + 1 = 2", "2", False, "1"),
+    ("The result is 28. I hope this helps with your 2 other questions!", "28", True, "28"),
+    ("The final answer is 21, which we calculated from 3 numbers.", "21", True, "21"),
+    ("The sum is 8, which is more than 5 apples.", "8", True, "8"),
+    ("Adding them, 25 + 17 equals 42. Let me know if you have 3 more!", "42", True, "42"),
+    ("Therefore, 34. Let me know if you have 2 more questions!", "34", True, "34"),
+    ("So, x = 5. Hope this helps with your 2 other questions.", "5", True, "5"),
+    ("So he has 10 apples. Nice job, 2 thumbs up!", "10", True, "10"),
+    ("42 is the answer. (It took 3 steps.)", "42", True, "42"),
+    ("The answer is 2 + 3, which equals 5.", "5", True, "5"),
+    # a value statement that is a step of the computation does not win over the computation after it
+    ("The sum of 25 and 17 is 42. Now subtract 8: 42 - 8 = 34.", "34", True, "34"),
+    ("So, 25 + 17 = 42. Then 42 - 8 = 34.", "34", True, "34"),
+    ("The result is 42. Then 42 - 8 = 34.", "34", True, "34"),
+]
+
+# LaTeX and value notations. Before: \boxed{5!} was read as 5, powers were rejected as unevaluated
+# arithmetic, and math-verify's partial parse of a longer candidate was accepted.
+LATEX = [
+    ("\\boxed{5!}", "120", True, "5!"),
+    ("\\boxed{5!}", "5", False, "5!"),
+    ("The answer is $5!$.", "120", True, "5!"),
+    ("The answer is 5!", "5", True, "5"),  # prose: an exclamation, not a factorial
+    ("The answer is 2^10.", "1024", True, "2^10"),
+    ("$2^{10}$", "1024", True, "2^{10}"),
+    ("So it is 2^10", "1024", True, "2^10"),
+    ("\\boxed{10^{6}}", "1000000", True, "10^{6}"),
+    ("The answer is 10^6", "6", False, "10^6"),
+    ("\\boxed{1.5 \\times 10^3}", "1500", True, "1.5 \\times 10^3"),
+    ("\\boxed{2^floor(n/2)}", "2", False, "2^floor(n/2)"),
+    ("\\boxed{2^{n-1}}", "2^(n-1)", True, "2^{n-1}"),
+    ("\\boxed{1 2}", "3", False, "1 2"),
+    ("\\boxed{18 \\text{ dollars}}", "18", True, "18"),
+]
+
+# Multi-part answers. Before: reduced to one number ("3, 5" read as 3; "x=16 and x=81" as 81).
+MULTI_PART = [
+    ("The answer is 3, 5", "5", False, "3, 5"),
+    ("The answer is 3, 5", "5, 3", True, "3, 5"),
+    ("The answer is 2, 3, 5", "2, 3", False, "2, 3, 5"),
+    ("\\boxed{x=16 \\text{ and } x=81}", "16, 81", True, "x=16 \\text{ and } x=81"),
+    ("The solutions are x=16 and x=81.", "x=16 and x=81", True, "x=16 and x=81"),
+    ("The solutions are x=16 and x=81.", "81", False, "x=16 and x=81"),
+    ("Factoring gives (x-1)(x+2)=0, so x = 1 or x = -2.", "1,-2", True, "x = 1 or x = -2"),
+    ("Factoring gives (x-1)(x+2)=0, so x = 1 or x = -2.", "-2", False, "x = 1 or x = -2"),
+    ("\\boxed{(2, 3)}", "(2, 3)", True, "(2, 3)"),
+    ("\\boxed{(2, 3)}", "2", False, "(2, 3)"),
+    ("\\boxed{(2, 3)}", "(3, 2)", False, "(2, 3)"),
+    ("\\boxed{x = \\pm 1}", "1, -1", True, "\\pm 1"),
+    ("\\boxed{x=6, y=5}", "x=6, y=5", True, "x=6, y=5"),
+    ("\\boxed{x=6, y=5}", "x=5, y=6", False, "x=6, y=5"),  # the names must agree
+    ("\\boxed{\\{1, -2\\}}", "1,-2", True, "\\{1, -2\\}"),
+]
+
+# Procedural tasks (reasoning-gym chain_sum / basic_arithmetic: plain integers, often negative).
+PROCEDURAL = [
+    ("45 - 50 - 12 = -17", "-17", True, "-17"),
+    ("-17", "-17", True, "-17"),
+    ("The answer is -17.", "17", False, "-17"),
+    ("-5 + 3 = -2", "-2", True, "-2"),
+    ("The answer is 0.", "0", True, "0"),
+    ("The result is -1,234.", "-1234", True, "-1,234"),
+    ("12 - 30 = -18, so the answer is -18", "-18", True, "-18"),
+]
+
+# GSM8K and MATH answer formats (the training data's own conventions).
+DATASET_FORMATS = [
+    (
+        (
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+            "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+        ),
+        "72",
+        True,
+        "72",
+    ),
+    (
+        (
+            "Therefore, the domain of the expression is $\\boxed{[2,5)}$.\n"
+            "Final Answer: The final answer is $[2,5)$. I hope it is correct."
+        ),
+        "[2,5)",
+        True,
+        "[2,5)",
+    ),
+    (
+        "Therefore, the polar coordinates are $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}.$",
+        "\\left( 3, \\frac{\\pi}{2} \\right)",
+        True,
+        "\\left( 3, \\frac{\\pi}{2} \\right)",
+    ),
+    (
+        "We have $n = \\boxed{16}$.\nFinal Answer: The final answer is $16$. I hope it is correct.",
+        "16",
+        True,
+        "16",
+    ),
+    ("So the result is $\\boxed{6-5i}$.", "6-5i", True, "6-5i"),
+    (
+        "Evelyn has the greatest average speed: $\\boxed{\\text{Evelyn}}$",
+        "\\text{Evelyn}",
+        True,
+        "\\text{Evelyn}",
+    ),
+]
+
+# REAL outputs of the embedded model (SmolLM2-135M-Instruct, chat template, the Answer system prompt,
+# temperature 0.7 or greedy, 64-96 new tokens, so several are cut off), copied verbatim; the
+# question each answers is in the comment. Most are wrong: a 135M model rarely gets these right.
+REAL = [
+    # real: 'What is 1 + 1?' (T=0.7); the old grader took the last number, 1
+    (
+        "To solve for 1 + 1, we can think of it as 1 + 1 as the sum of 1 and itself. Therefore, 1 + 1 = 2. This is the definition of the number 1 as the sum of two numbers.",
+        "2",
+        True,
+        "2",
+    ),
+    # real: 'What is 1 + 1?' (greedy)
+    (
+        '1 + 1 = 2\n\nThis is a classic example of a simple equation that can be solved using basic arithmetic operations. In mathematics, this is known as a "1 + 1 = 2" identity, which is a fundamental property of arithmetic that holds true for all integers.',
+        "2",
+        True,
+        "2",
+    ),
+    # real: 'What is 3 + 4?' (greedy)
+    (
+        "To solve this problem, we need to combine the numbers 3 and 4, which is 7. So, 3 + 4 = 7.",
+        "7",
+        True,
+        "7",
+    ),
+    # real: 'What is 10 + 10?' (greedy)
+    (
+        "10 + 10 = 20\n\nThis is a classic example of a simple equation that can be solved using basic arithmetic operations. In this case, the answer is 20, which is the result of the addition of 10 and 1.",
+        "20",
+        True,
+        "20",
+    ),
+    # real: 'What is 6 + 6?' (greedy)
+    (
+        "To solve this problem, we need to first find the sum of 6 and 6.\n\nThe sum of 6 and 6 is 12, which is the product of 6 and itself.\n\nSo, the answer is 12.\n\nThis problem is a classic example of",
+        "12",
+        True,
+        "12",
+    ),
+    # real: 'What is 144 / 12?' (T=0.7); cut off mid-sentence - the old grader took the stray 12 as correct
+    (
+        "To solve a fraction with a denominator of 12, where the numerator 144 is the denominator, we can divide both the numerator and the denominator by 12. This can be done by multiplying both the numerator and the denominator by 12 and then multiplying both the numerator and denominator by 12.\n\nThe process of multiplying a number by itself a certain number of times is called a modulo division operation. In this case, multiplying the numerator",
+        "12",
+        False,
+        None,
+    ),
+    # real: 'What is 2 + 3?' (T=0.7)
+    (
+        'The answer to this problem is 2 + 3, which equals 5.\n\nThis problem is a classic example of a logical reasoning error. When a mathematician solves a calculation of 2 + 3, they might think to themselves, "I don\'t know how to add 2 and 3. I need a guide to help me solve this problem."\n\nThe correct answer',
+        "5",
+        False,
+        None,
+    ),
+    # real: 'Calculate 25 + 17 - 8.' (T=0.7)
+    (
+        "To calculate 25 + 17 - 8, we add the numbers together, which gives us 18. Now, we subtract 8 from this result, which gives us 21.\n\nThis is a straightforward mental math problem, so we'll just add 1 to both sides of the equation to get 21 as the answer.\n\nThe final answer is 21, which we calculated earlier to be 18.",
+        "34",
+        False,
+        "21",
+    ),
+    # real: 'Calculate 25 + 17 - 8.' (T=0.7)
+    (
+        "To solve a mathematical equation, you should follow a straightforward procedure:\n\nFirst, separate the operations: 25, 17, -8.\n\nThe operation is the addition of 25 and 17.\n\nThe operation is addition.\n\nNow, you have 25 + 17 = 28.\n\nThe result is 28.\n\nThe final answer is 28.",
+        "34",
+        False,
+        "28",
+    ),
+    # real: 'What is 4 * 2?' (greedy); cut off INSIDE a number ("1" of "10"?): undetectable, a known limit
+    (
+        "To solve this problem, we need to find the product of 4 and 2.\n\nFirst, we multiply 4 by 2, which gives us 8.\n\nNow, we add 2 to the result, which gives us 10.\n\nSo, the answer is 1",
+        "8",
+        False,
+        "1",
+    ),
+    # real: 'A pencil costs 3 dollars. How much do 8 pencils cost?' (T=0.7)
+    (
+        "To solve this problem, let's break it down step by step. We know that a pencil costs 3 dollars, and we have a total of 8 pencils. We need to find out how many pencils are in 8. \n\nWe can calculate this by multiplying 8 by 3, since there are 8 pencils. This is 8 * 3 = 18 pencils. Now, we have 18 pencils in total. So, the answer",
+        "24",
+        False,
+        None,
+    ),
+    # real: 'Sarah reads 20 pages a day. How many pages does she read in a week?' (T=0.7)
+    (
+        "To solve this problem, we need to break it down into manageable parts. First, we need to find the total number of pages Sarah reads in a week. Since Sarah reads 20 pages a day, she reads 20 * 60 = 120 pages in a week.\n\nNow, we have the answer: 120 pages.\n\nThis is the total number of pages Sarah reads in a week. To find this, we",
+        "140",
+        False,
+        "120",
+    ),
+    # real: 'What is 13 - 4?' (T=0.7)
+    (
+        "To solve this problem, we need to first find the difference between 13 and 4, which is 17. Then we subtract 1 from the original number, so 13 - 1 = 14. Now we add 1 to the result of this subtraction. So 14 + 1 = 15.\n\nThis process continues until we reach the original number of 13 and 1, which is 14",
+        "9",
+        False,
+        "14",
+    ),
+    # real: 'What is 2 + 2?' (greedy); cut off, and "is equivalent to 4" is no explicit answer statement
+    (
+        'To solve this problem, we need to think of it in terms of the operation of addition. In mathematics, the operation of addition is represented by the operation of "2 + 2" which is equivalent to 4.\n\nIn other words, 2 + 2 is equivalent to 4. This is',
+        "4",
+        False,
+        None,
+    ),
+    # real: 'What is 8 - 3?' (greedy)
+    (
+        "To solve this problem, we need to find the difference between 8 and 3, which is 11. So, 8 - 3 = 11.\n\nThis is a classic example of a simple division problem, where we need to find the difference between two numbers. In this case,",
+        "5",
+        False,
+        None,
+    ),
+    # real: 'What is 9 + 8?' (T=0.7)
+    (
+        "To solve this problem, we need to calculate 9 + 8 and find the outcome of multiplying them together.\n\nFirst, we multiply 9 by 9: 9 * 9 = 81.\nThen, we add the result to 81.\n\nSo, 9 + 81 = 9 * 81 = 729.",
+        "17",
+        False,
+        "729",
+    ),
+    # real: 'Calculate 3 - 10.' (T=0.7)
+    (
+        "To calculate 3 - 10, we need to subtract 3 from 10.\n\n3 - 10 = 1\n\nSo, the answer is 1.",
+        "-7",
+        False,
+        "1",
+    ),
+    # real: 'What is 2 + 3?' (T=0.7)
+    (
+        "To solve this problem, we need to calculate 2 + 3 and find the outcome of multiplying them together.\n\nLet's first calculate the numbers: 2 + 3 equals 5. Now, we can multiply these two numbers together: 5 * 3 = 15.\n\nSo, the answer is 15. If you want to calculate this operation manually",
+        "5",
+        False,
+        "15",
+    ),
+]
+
+NEW_CASES = TRUNCATED + CORRECTED + MARKERS + LATEX + MULTI_PART + PROCEDURAL + DATASET_FORMATS + REAL
+
+
+@pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
 def test_grade_table(text: str, gold: str, correct: bool, extracted: str | None) -> None:
     assert grade(text, gold) == Grade(correct, extracted)
 
 
 def test_table_is_large() -> None:
-    assert len(CASES) >= 25
+    assert len(CASES) + len(NEW_CASES) >= 60
+    assert len(REAL) >= 10
 
 
 @pytest.mark.parametrize(
@@ -150,3 +438,42 @@ def test_extract_answer_priority() -> None:
     assert extract_answer("The answer is 5. Final: \\boxed{6}. Then 7") == "6"
     assert extract_answer("#### 4\nThe answer is 5") == "4"
     assert extract_answer("The answer is 5, not 6 or 7") == "5"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is " + "1 + " * 20_000 + "1",  # very long text
+        "x" * 200_000 + " so the answer is 7.",  # the answer beyond MAX_TEXT_CHARS from the start
+        "\\boxed{" + "{" * 5_000 + "7" + "}" * 5_001,  # deep braces
+        "\\boxed{" + "\\frac{" * 300 + "1" + "}{2}" * 300 + "}",  # deep LaTeX nesting
+        "\\boxed{10^{10^{10}}}",  # a power tower sympy would try to evaluate
+        "\\boxed{9^{999999999}}",  # a huge power
+        "\\boxed{100000!}",  # a huge factorial
+        "The answer is " + ", ".join(str(i) for i in range(3_000)),  # a huge multi-part answer
+        "Wait, " * 5_000 + "the answer is 7",
+        ("The sum is 8" + ". " * 3 + "\n") * 3_000,
+    ],
+)
+def test_pathological_inputs_are_fast(text: str) -> None:
+    """grade() runs for every rollout: it never raises and stays fast on whatever a model emits."""
+    start = time.perf_counter()
+    g = grade(text, "7")
+    assert isinstance(g, Grade)
+    assert time.perf_counter() - start < 5.0
+
+
+def test_pathological_inputs_in_a_thread() -> None:
+    """Without signal timeouts (worker threads), the input bounds alone must keep math-verify quick."""
+    texts = ["\\boxed{10^{10^{10}}}", "\\boxed{100000!}", "\\boxed{2^{" + "9" * 40 + "}}"]
+    done: list[Grade] = []
+    t = threading.Thread(target=lambda: done.extend(grade(x, "1") for x in texts))
+    start = time.perf_counter()
+    t.start()
+    t.join(timeout=30)
+    assert len(done) == len(texts) and not any(g.correct for g in done)
+    assert time.perf_counter() - start < 10.0
+
+
+def test_long_answer_near_the_end_is_still_read() -> None:
+    assert grade("blah " * 10_000 + "The answer is 42.", "42") == Grade(True, "42")

@@ -16,6 +16,49 @@ class UnclosedBox(ValueError):
     """The last `\\boxed{` has no matching `}`: the text was cut off inside the answer."""
 
 
+def _box_content(text: str, i: int) -> tuple[str, int] | None:
+    """The box argument starting at `i` (just after `\\boxed`) and the index after it; None if unclosed."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None
+    if text[i] != "{":
+        token = re.match(r"[^\s$]+", text[i:])
+        return (token.group(0), i + token.end()) if token else ("", i)
+    depth = 0
+    j = i
+    while j < len(text):
+        c = text[j]
+        if c == "\\":  # an escaped character (\{, \}, \\) never opens or closes a group
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j], j + 1
+        j += 1
+    return None
+
+
+def all_boxed(text: str) -> list[tuple[int, int, str]]:
+    """Every `\\boxed{...}` / `\\fbox{...}` as (start, end, content), in order; boxes nested inside an earlier
+    box's content are not listed separately. Raises `UnclosedBox` when the LAST box is unclosed."""
+    found: list[tuple[int, int, str]] = []
+    pos = 0
+    while True:
+        m = _BOX_RE.search(text, pos)
+        if m is None:
+            return found
+        got = _box_content(text, m.end())
+        if got is None:
+            raise UnclosedBox("unclosed \\boxed{")
+        content, end = got
+        found.append((m.start(), end, content))
+        pos = max(end, m.end())
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the LAST `\\boxed{...}` / `\\fbox{...}` (nested braces kept), or None if there is none.
 
