@@ -285,6 +285,20 @@ def _leading_number(s: str, math_ctx: bool) -> str | None:
     return None
 
 
+def _last_top_level_eq(s: str) -> int:
+    """Index of the last "=" outside brackets (not the "k=1" of "sum_(k=1)^n"), or -1."""
+    depth = 0
+    found = -1
+    for i, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c == "=" and depth == 0:
+            found = i
+    return found
+
+
 def _finalize(candidate: str, math_ctx: bool = False) -> str | None:
     """Turn the text after an answer marker (or a box's content) into one final answer, or None.
 
@@ -307,8 +321,9 @@ def _finalize(candidate: str, math_ctx: bool = False) -> str | None:
         return None
     # "2 + 3, which equals 5" / "12 + 1 which is 13": the value after a verbal "="
     s = _VERBAL_EQUALS_RE.sub(" = ", s)
-    if "=" in s and not re.search(r"[<>]=|=[<>]|\\[lg]eq?\b|\\neq\b", s):
-        s = _strip_wrappers(s.rsplit("=", 1)[1])
+    eq = _last_top_level_eq(s)
+    if eq >= 0 and not re.search(r"[<>]=|=[<>]|\\[lg]eq?\b|\\neq\b", s):
+        s = _strip_wrappers(s[eq + 1 :])
         if not s:
             return None
         lead = _leading_number(s, math_ctx)
@@ -378,6 +393,9 @@ def _answer_like(part: str) -> bool:
         return False
     if not re.search(r"[\d\\]|^[-+±]?[A-Za-z]$", p):
         return False
+    unit = re.match(rf"^(?:{_NUMBER})\s+([A-Za-z]+)(?:\s+[A-Za-z]+)?$", p)
+    if unit and unit.group(1).lower() not in _CONNECTIVES:
+        return True  # "13 apples" in "13 apples, 2 pears"
     no_cmds = re.sub(r"\\[A-Za-z]+", " ", p)
     return not _WORD_RE.search(no_cmds) and not _is_arithmetic(p)
 
@@ -489,7 +507,13 @@ def _candidate_after(text: str, pos: int) -> tuple[str | None, int]:
 
 
 def _valid(cand: str | None) -> bool:
-    return cand is not None and bool(re.search(r"[\d\\]", cand) or _split_parts(cand))
+    """A candidate that looks like a math answer: a digit, LaTeX, a list, or a short symbolic answer
+    ("n", "n!", "2n"); a prose word ("the answer is correct") is not one."""
+    if cand is None:
+        return False
+    if re.search(r"[\d\\]", cand) or _split_parts(cand):
+        return True
+    return bool(re.fullmatch(r"[A-Za-z]|[-+]?[A-Za-z0-9]{1,3}[!^*/+()_'][\w!^*/+()'-]{0,16}", cand))
 
 
 def _last(matches: Iterator[re.Match[str]]) -> list[re.Match[str]]:
@@ -876,6 +900,8 @@ def _single_match(gold: str, pred: str) -> bool:
 def answers_match(gold: str, pred: str) -> bool:
     """Compare a gold final answer with an extracted one (multi-part aware); never raises."""
     try:
+        # the gold is read like a candidate: "2 inequalities" -> 2, "x = 5" -> 5 (lists kept whole)
+        gold = _finalize(gold, math_ctx=True) or gold
         g_parts, p_parts = _parts_of(gold), _parts_of(pred)
         if len(g_parts) > 1 or len(p_parts) > 1:
             if _match_multi(g_parts, p_parts):
