@@ -10,6 +10,9 @@ Hub defaults (source with no path): gsm8k -> "openai/gsm8k" config "main"; math 
 has no single all-subjects config); metamathqa -> "meta-math/MetaMathQA" (train split only).
 `path` may name another hub dataset or a local file/folder (an existing path is local).
 
+A .json file may also hold one JSON array of rows, or one object whose values are row collections
+(arrays, or objects keyed by row id, as in the CHAMP dataset's v0.json).
+
 Local folders: every *.jsonl / *.parquet below them; when file or folder names carry split names
 (train.jsonl, test-00000.parquet, test/...), only the requested split's files are read.
 
@@ -160,9 +163,29 @@ def _file_kind(f: Path, default: str) -> str:
     return default
 
 
+def _json_object_rows(doc: dict[str, Any]) -> list[dict[str, Any] | str] | None:
+    """The rows of a JSON object that holds row collections instead of being a row itself (only lists
+    and objects as values, e.g. {"problems": {"P_1": {...}, ...}, "hints": [...]}); None for a row."""
+    if not doc or any(not isinstance(v, (list, dict)) for v in doc.values()):
+        return None
+    rows: list[dict[str, Any] | str] = []
+    for v in doc.values():
+        for row in v if isinstance(v, list) else v.values():
+            rows.append(row if isinstance(row, dict) else "row is not a JSON object")
+    return rows
+
+
 def _jsonl_rows(f: Path) -> Iterator[dict[str, Any] | str]:
     with f.open(encoding="utf-8") as fh:
         text = fh.read()
+    if f.name.endswith(".json") and text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            doc = None  # JSON lines in a .json file: read below
+        if isinstance(doc, dict):
+            yield from _json_object_rows(doc) or [doc]
+            return
     if f.name.endswith(".json") and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
