@@ -274,6 +274,7 @@ def _leading_number(s: str, math_ctx: bool) -> str | None:
     rest = s[m.end() :]
     if not rest.strip():
         return None  # the whole candidate is the value: nothing to cut
+    rest = re.sub(r"^(?:\*\*|__|`|\$)+(?=\W|$)", "", rest)  # "**13**, which ..."
     if re.match(r"^\s*(?:\^|\\times|\\cdot|\*|×|/|\.\d|\\%)", rest):
         return None  # the value goes on (an expression): not a value followed by words
     if rest.startswith("!"):
@@ -494,13 +495,23 @@ def _candidate_after(text: str, pos: int) -> tuple[str | None, int]:
     lead_ws = len(rest) - len(rest.lstrip(" \t*_:"))
     rest = rest[lead_ws:]
     end = _SENTENCE_END_RE.search(rest)
-    # a "$...$" or "\(...\)" answer may hold "." or ";" inside: end the sentence after its closing delimiter
-    if rest.startswith("$"):
-        close = rest.find("$", 1)
-        if close > 0 and (end is None or end.start() < close):
-            end = _SENTENCE_END_RE.search(rest, close + 1)
+    # a "$...$" / "\(...\)" answer may hold "." or ";" inside, and prose may follow it: the math span is
+    # the candidate ("$\frac{1}{6}$, so there is a 1 in 6 chance" -> \frac{1}{6})
+    math_span = None
+    for open_, close_ in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(open_):
+            close = rest.find(close_, len(open_))
+            if close > 0:
+                math_span = rest[: close + len(close_)]
+                if end is None or end.start() < close:
+                    end = _SENTENCE_END_RE.search(rest, close + len(close_))
+            break
     stop = end.start() if end else len(rest)
     piece = rest[:stop]
+    if math_span is not None and piece.strip() != math_span.strip():
+        cand = _finalize(math_span)
+        if cand is not None:
+            return cand, pos + lead_ws + stop
     if end is None and _is_unfinished(piece):
         return None, pos + lead_ws + stop
     return _finalize(piece), pos + lead_ws + stop

@@ -132,6 +132,8 @@ MARKERS = [
     ("So he has 10 apples. Nice job, 2 thumbs up!", "10", True, "10"),
     ("42 is the answer. (It took 3 steps.)", "42", True, "42"),
     ("The answer is 2 + 3, which equals 5.", "5", True, "5"),
+    ("The answer is **13**, which is the total.", "13", True, "13"),
+    ("The probability is $\\frac{1}{6}$, so there is a 1 in 6 chance.", "\\frac{1}{6}", True, "\\frac{1}{6}"),
     # a value statement that is a step of the computation does not win over the computation after it
     ("The sum of 25 and 17 is 42. Now subtract 8: 42 - 8 = 34.", "34", True, "34"),
     ("So, 25 + 17 = 42. Then 42 - 8 = 34.", "34", True, "34"),
