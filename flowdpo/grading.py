@@ -147,10 +147,15 @@ _COPULA = r"(?:\b(?:is equal to|is|are|was|were|will be|would be|should be|must 
 _GAP = r"[^.;!?\n=:]{0,60}?"  # a short gap inside one sentence ("to this problem", "of 3 and 5")
 
 # "the answer is X", "Answer: X", "the final answer to the question is X", "the (final) result is X".
+# After "answer": only a short prepositional phrase before the copula ("the answer to this problem is"),
+# never a computation ("To find the answer, we compute 3 + 4 = 7" states no answer).
+_ANSWER_GAP = r"(?:\s+(?:to|for|of|in|on)\b[^.;!?\n=:,\d+*/]{0,40}?)?"
+# "the answer is X", "Answer: X", "the final answer to the question is X", "the final result is X".
 _ANSWER_PHRASE_RE = re.compile(
-    rf"\b(?:{_NOUNS_ANSWER})\b(?:\s*(?:\*\*|__))?{_GAP}\s*(?:\*\*|__)?\s*(?:{_COPULA})(?=\s|\$|\\|\*|_|[-+\d(])"
+    rf"\b(?:{_NOUNS_ANSWER})\b(?:\s*(?:\*\*|__))?{_ANSWER_GAP}\s*(?:\*\*|__)?\s*(?:{_COPULA})"
+    rf"(?=\s|\$|\\|\*|_|[-+\d(])"
     rf"|\b(?:{_NOUNS_ANSWER})(?:\s*(?:\*\*|__))?\s*:"
-    rf"|\bfinal\s+(?:result|total|value|count|sum)\b{_GAP}\s*(?:{_COPULA})(?=\s|\$|\\|[-+\d(])"
+    rf"|\bfinal\s+(?:result|total|value|count|sum)\b{_ANSWER_GAP}\s*(?:{_COPULA})(?=\s|\$|\\|[-+\d(])"
     rf"|\bfinal\s*:",
     re.IGNORECASE,
 )

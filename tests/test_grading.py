@@ -95,6 +95,7 @@ TRUNCATED = [
     ("3 + 4 = 7,", "7", False, None),
     ("Let me compute 6 * 7 step by step: 6 * 7 = 42. Next we need the", "42", False, None),
     ("In this case, we multiply 12 by the numerator", "12", False, None),
+    ("3 + 4 = 7\n\nI hope this helps", "7", False, None),  # no final punctuation after prose: cut off
     # an explicit answer statement before the cut-off tail counts ...
     ("The answer is 9. Let me check: 13 - 4 is", "9", True, "9"),
     ("\\boxed{9}. Check: 13 - 4 =", "9", True, "9"),
@@ -138,6 +139,8 @@ MARKERS = [
     ("The sum of 25 and 17 is 42. Now subtract 8: 42 - 8 = 34.", "34", True, "34"),
     ("So, 25 + 17 = 42. Then 42 - 8 = 34.", "34", True, "34"),
     ("The result is 42. Then 42 - 8 = 34.", "34", True, "34"),
+    # "answer" mentioned, not stated: the phrase must be a statement ("the answer to X is ...")
+    ("To find the answer, we compute 3 + 4 = 7. Then 7 * 2 = 14.", "14", True, "14"),
 ]
 
 # LaTeX and value notations. Before: \boxed{5!} was read as 5, powers were rejected as unevaluated
