@@ -152,7 +152,7 @@ _GAP = r"[^.;!?\n=:]{0,60}?"  # a short gap inside one sentence ("to this proble
 _ANSWER_GAP = r"(?:\s+(?:to|for|of|in|on)\b[^.;!?\n=:,\d+*/]{0,40}?)?"
 # "the answer is X", "Answer: X", "the final answer to the question is X", "the final result is X".
 _ANSWER_PHRASE_RE = re.compile(
-    rf"\b(?:{_NOUNS_ANSWER})\b(?:\s*(?:\*\*|__))?{_ANSWER_GAP}\s*(?:\*\*|__)?\s*(?:{_COPULA})"
+    rf"\b(?:{_NOUNS_ANSWER})\b(?:\s*(?:\*\*|__))?{_ANSWER_GAP}\s*(?:\*\*|__)?\s*(?:{_COPULA})(?:\s*:)?"
     rf"(?=\s|\$|\\|\*|_|[-+\d(])"
     rf"|\b(?:{_NOUNS_ANSWER})(?:\s*(?:\*\*|__))?\s*:"
     rf"|\bfinal\s+(?:result|total|value|count|sum)\b{_ANSWER_GAP}\s*(?:{_COPULA})(?=\s|\$|\\|[-+\d(])"
@@ -625,6 +625,12 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return out
 
 
+_TRAILING_LATEX_RE = re.compile(
+    r"(-?\s*\d*\s*\\(?:[dt]?frac\{[^{}]{1,40}\}\{[^{}]{1,40}\}|sqrt(?:\[\d+\])?\{[^{}]{1,40}\}))"
+    r"\s*(?:\$|\\\)|\\\])?\s*[.!]?\s*$"
+)
+
+
 def _last_number(text: str) -> str | None:
     """The last number, unless it is the right operand of an operator ("12 + 1") - then None.
 
@@ -637,6 +643,9 @@ def _last_number(text: str) -> str | None:
     m = matches[-1]
     value = m.group(0)
     before = t[: m.start()].rstrip()
+    if before.endswith("{"):  # inside a LaTeX group: the answer is the trailing \frac{}{} / \sqrt{} whole
+        latex = _TRAILING_LATEX_RE.search(t)
+        return latex.group(1).replace(" ", "") if latex else None
     power = re.search(r"(?<![\d.^])(\d+)\s*\^\s*\{?\s*$", before)
     if power:
         return (

@@ -225,6 +225,14 @@ DATASET_FORMATS = [
         "16",
     ),
     ("So the result is $\\boxed{6-5i}$.", "6-5i", True, "6-5i"),
+    # MetaMathQA's own format ("The answer is: X") after a LaTeX computation
+    (
+        "So $\\frac{1}{2} + \\frac{1}{4} = \\frac{3}{4}$.\nThe answer is: \\frac{3}{4}",
+        "\\frac{3}{4}",
+        True,
+        "\\frac{3}{4}",
+    ),
+    ("We get $\\frac{1}{2} + \\frac{1}{4} = \\frac{3}{4}$.", "0.75", True, "\\frac{3}{4}"),
     (
         "Evelyn has the greatest average speed: $\\boxed{\\text{Evelyn}}$",
         "\\text{Evelyn}",
