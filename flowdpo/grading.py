@@ -103,6 +103,7 @@ _ANY_NUMBER_RE = re.compile(r"(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+
 _PURE_ARITHMETIC_RE = re.compile(r"^[\d\s.,+\-*/×÷^!()\[\]{}]+$")
 _ARITH_OP_RE = re.compile(r"[+\-*/×÷^]")
 _UNFINISHED_END_RE = re.compile(r"(?:[=+\-*/×÷^:(,]|\\times|\\cdot|\\div|\\pm|\\frac|\\sqrt)$")
+_CALCULATOR_RE = re.compile(r"<<[^<>\n]{0,200}>>")
 _TRAILING_WRAP_RE = re.compile(r"(?:\*\*|__|\$|\\\]|\\\)|`)+$")
 _SENTENCE_END_RE = re.compile(r"(?<!\d)[.;!?](?=\s|$)|[.;!?](?=\s+[A-Z(\\$])|\n")
 
@@ -776,6 +777,7 @@ def extract_answer(text: str) -> str | None:
     if not isinstance(text, str) or not text.strip():
         return None
     text = text[-MAX_TEXT_CHARS:].replace(_MINUS, "-").replace("\u00a0", " ")
+    text = _CALCULATOR_RE.sub("", text)  # GSM8K calculator annotations "<<48/2=24>>" are not text
     try:
         return _extract(text)
     except UnclosedBox:

@@ -233,6 +233,8 @@ DATASET_FORMATS = [
         "\\frac{3}{4}",
     ),
     ("We get $\\frac{1}{2} + \\frac{1}{4} = \\frac{3}{4}$.", "0.75", True, "\\frac{3}{4}"),
+    # GSM8K calculator annotations, as models trained on GSM8K reproduce them (here cut before "####")
+    ("Total: 120 + 120 = <<120+120=240>>240 miles.\n###", "240", True, "240"),
     (
         "Evelyn has the greatest average speed: $\\boxed{\\text{Evelyn}}$",
         "\\text{Evelyn}",
