@@ -715,7 +715,7 @@ def _after_correction(text: str, anchor_end: int, depth: int) -> tuple[bool, str
     sub = tail[soft.end() :].lstrip(" \t:,!.-")
     new = _extract_marked(sub, depth + 1)
     if new is None:
-        for m in _RESTATE_RE.finditer(sub):
+        for m in _last(_RESTATE_RE.finditer(sub)):
             cand, _ = _candidate_after(sub, m.end())
             if _valid(cand):
                 new = cand
