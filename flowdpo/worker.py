@@ -33,6 +33,9 @@ class RolloutWorker:
         seed = shard_seed(self.spec.seed, shard)
         rng = random.Random(seed)
         torch.manual_seed(seed)  # sampling in the in-process backend: a redone shard samples the same
+        reset = getattr(self.backend, "reset", None)
+        if reset is not None:
+            reset()  # ... and computes from the same (empty) KV cache as the first attempt did
         results: list[dict] = []
         pairs: list[dict] = []
         step = self.spec.rollout.batch_examples

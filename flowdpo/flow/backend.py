@@ -32,31 +32,75 @@ class GenerationBackend(Protocol):
         """Serve `files` (a peft adapter folder: {filename: bytes}) as adapter `name` at `version`;
         requests issued after this call use it."""
 
+    def reset(self) -> None:
+        """Start of a unit of work (a shard): drop per-process caches whose state could change what is
+        sampled, so that a redone shard samples exactly what its first attempt did."""
+
 
 class TransformersBackend:
-    """Both adapters on one in-process peft model; batches are left-padded and length-sorted."""
+    """Both adapters on one in-process peft model.
 
-    def __init__(self, model, tokenizer, eos_ids: frozenset[int], max_batch: int = 32):
+    Generation and the Stop decision go through `flowdpo.flow.decoding.Decoder` (prefix KV cache, merged
+    adapter weights, a plain decode loop) when the model's layers are all full attention; other models
+    (sliding-window or hybrid layers) fall back to `model.generate()` on left-padded, length-sorted batches.
+    `versions` name the weights each adapter has now: the in-process trainer updates them in place and
+    calls `set_versions`, which drops what was cached for the old weights."""
+
+    def __init__(self, model, tokenizer, eos_ids: frozenset[int], max_batch: int = 64, fast: bool | None = None):
+        from flowdpo.flow.decoding import Decoder, _hf_model, supports_fast_path
+
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.max_batch = max_batch
-        self._versions = {"answer": 0, "stop": 0}
-        self.tokens_generated = 0
+        self._versions: dict[str, int] = {"answer": 0, "stop": 0}
+        self._fallback_tokens = 0
+        if fast is None:
+            fast = supports_fast_path(_hf_model(model))
+        self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, max_batch=max_batch) if fast else None
+
+    @property
+    def tokens_generated(self) -> int:
+        return self._fallback_tokens + (self.decoder.tokens_generated if self.decoder else 0)
 
     def versions(self) -> dict[str, int]:
-        return dict(self._versions)
+        return {k: v for k, v in self._versions.items() if k in ("answer", "stop")}
 
     def set_versions(self, versions: dict[str, int]) -> None:
-        """The in-process trainer updated the shared model's weights itself: only record the versions."""
-        self._versions.update(versions)
+        """The in-process trainer updated the shared model's weights itself: record the versions and
+        forget merged weights and cached keys/values of every adapter whose version changed."""
+        for name, v in versions.items():
+            if self._versions.get(name) != v and self.decoder is not None:
+                self.decoder.invalidate(name)
+            self._versions[name] = v
 
     def load_adapter(self, name: str, version: int, files: dict[str, bytes]) -> None:
         from flowdpo.train.adapters import load_adapter_weights
 
         load_adapter_weights(self.model, name, files["adapter_model.safetensors"])
         self._versions[name] = version
+        if self.decoder is not None:
+            self.decoder.invalidate(name)
 
+    def reset(self) -> None:
+        """Forget cached keys/values, so that what follows computes exactly as in a fresh process (a redone
+        shard samples the same tokens as the first attempt did)."""
+        if self.decoder is not None:
+            self.decoder.reset()
+
+    def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
+        if self.decoder is not None:
+            return self.decoder.generate(
+                contexts, adapter, self._versions.get(adapter, 0), max_new_tokens, temperature, top_p
+            )
+        return self._generate_hf(contexts, adapter, max_new_tokens, temperature, top_p)
+
+    def next_token_logprobs(self, contexts, adapter, token_ids):
+        if self.decoder is not None:
+            return self.decoder.next_token_logprobs(contexts, adapter, self._versions.get(adapter, 0), token_ids)
+        return self._next_token_logprobs_hf(contexts, adapter, token_ids)
+
+    # -- the fallback for models the decoder does not cover ----------------------------------------------
     @contextlib.contextmanager
     def _adapter(self, adapter: str | None):
         if adapter is None:
@@ -83,7 +127,7 @@ class TransformersBackend:
             yield order[start : start + self.max_batch]
 
     @torch.no_grad()
-    def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
+    def _generate_hf(self, contexts, adapter, max_new_tokens, temperature, top_p):
         out: list[list[int] | None] = [None] * len(contexts)
         was_training = self.model.training
         self.model.eval()
@@ -105,12 +149,14 @@ class TransformersBackend:
                 new = gen[:, ids.shape[1] :].tolist()
                 for i, toks in zip(idx, new):
                     out[i] = _cut_at_eos(toks, self.eos_ids)
-                    self.tokens_generated += len(out[i])
+                    self._fallback_tokens += len(out[i])
         self.model.train(was_training)
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def next_token_logprobs(self, contexts, adapter, token_ids):
+    def _next_token_logprobs_hf(self, contexts, adapter, token_ids):
+        from flowdpo.flow.decoding import causal_lm_logits
+
         out: list[list[float] | None] = [None] * len(contexts)
         was_training = self.model.training
         self.model.eval()
@@ -118,7 +164,7 @@ class TransformersBackend:
             for idx in self._batches(contexts):
                 ids, mask = self._pad([contexts[i] for i in idx])
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+                logits = causal_lm_logits(self.model, ids, mask, pos, keep=1)
                 logp = torch.log_softmax(logits[:, -1, :].float(), dim=-1)[:, token_ids]
                 for i, row in zip(idx, logp.tolist()):
                     out[i] = row

@@ -172,6 +172,9 @@ class VLLMBackend:
         self.unloaded: list[str] = []  # served names unloaded so far (oldest first)
 
     # -- protocol ----------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Nothing to drop client-side: the server's prefix cache never changes which tokens a request gets."""
+
     def versions(self) -> dict[str, int]:
         with self._lock:
             return dict(self._versions)
