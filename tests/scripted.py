@@ -52,6 +52,7 @@ class ScriptedBackend:
         self.calls: dict[str, int] = defaultdict(int)
         self.generate_calls: list[int] = []  # batch size of each generate call
         self.adapters_seen: list = []
+        self.stop_calls: list[int] = []  # batch size of each Stop call
 
     def versions(self):
         return {"answer": 7, "stop": 3}
@@ -66,11 +67,16 @@ class ScriptedBackend:
             n = self.calls[partial]
             self.calls[partial] += 1
             text = options[min(n, len(options) - 1)]
-            ids = [SPECIAL["<eos>"]] if text == "<eos>" else self.tok.encode(text)[:max_new_tokens]
+            # "<eos>" alone is an end-of-sequence chunk; "text<eos>" is text the Answer LLM ended itself.
+            if text.endswith("<eos>"):
+                ids = self.tok.encode(text[: -len("<eos>")])[: max_new_tokens - 1] + [SPECIAL["<eos>"]]
+            else:
+                ids = self.tok.encode(text)[:max_new_tokens]
             out.append(ids)
         return out
 
     def next_token_logprobs(self, contexts, adapter, token_ids):
+        self.stop_calls.append(len(contexts))
         out = []
         for ctx in contexts:
             text = self.tok.decode(ctx)

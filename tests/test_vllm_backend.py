@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from flowdpo.flow.backend import TransformersBackend
-from flowdpo.flow.engine import _stop_probability, run_flows
+from flowdpo.flow.engine import run_flows, stop_probability
 from flowdpo.flow.prompts import PromptBuilder
 from flowdpo.flow.rollouts import main_state
 from flowdpo.flow.vllm_backend import (
@@ -189,8 +189,8 @@ def test_next_token_logprobs_match_transformers(backend, reference):
         assert max(abs(a - b) for a, b in zip(g, w)) < LOGPROB_TOL, (g, w)
         assert max(abs(a - b) for a, b in zip(g, gb)) < 0.05  # base-zero == the base model
         n_yes = len(prompts.yes_ids)
-        assert _stop_probability(g[: len(prompts.yes_ids + prompts.no_ids)], n_yes, 1.0) == pytest.approx(
-            _stop_probability(w[: len(prompts.yes_ids + prompts.no_ids)], n_yes, 1.0), abs=0.03
+        assert stop_probability(g[: len(prompts.yes_ids + prompts.no_ids)], n_yes, 1.0) == pytest.approx(
+            stop_probability(w[: len(prompts.yes_ids + prompts.no_ids)], n_yes, 1.0), abs=0.03
         )
     # Candidates outside the top-k and repeated ids come back too.
     twice = backend.next_token_logprobs(contexts[:1], "stop", [prompts.yes_id, prompts.yes_id])[0]
@@ -210,11 +210,13 @@ def test_flow_engine_runs_on_vllm(backend, reference):
     run_flows(states, backend, prompts, spec, random.Random(0))
     eos = prompts.eos_ids
     for s in states:
-        assert s.done and s.end_reason in {"stop", "max_chunks", "empty_chunk"}
+        assert s.done and s.end_reason in {"stop", "max_chunks", "eos"}
         assert 1 <= len(s.chunks) <= spec.max_chunks
         assert all(len(c) <= spec.chunk_tokens for c in s.chunks)
         assert all(0.0 <= p <= 1.0 for p in s.p_stop)
-        # The partial answer drops a chunk's final EOS (the flow may go on after it if Stop says no).
+        # An EOS can only end the last chunk (it ends the flow), and the partial answer drops it.
+        assert all(t not in eos for c in s.chunks[:-1] for t in c)
+        assert (s.end_reason == "eos") == (s.chunks[-1][-1] in eos)
         assert not any(t in eos for t in s.partial_ids(eos))
         assert sum(len(c) for c in s.chunks) - len(s.partial_ids(eos)) == sum(
             bool(c) and c[-1] in eos for c in s.chunks

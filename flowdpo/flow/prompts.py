@@ -20,10 +20,15 @@ class PromptBuilder:
     def __post_init__(self):
         tok = self.tokenizer
         self.yes_id, self.no_id = _single_token(tok, "yes"), _single_token(tok, "no")
-        # Capitalised variants count towards the same decision when reading the Stop LLM's distribution.
+        # Capitalised variants count towards the same decision: P(yes) sums both casings (the untrained
+        # model puts most of its mass on "Yes"/"No"), and Stop pairs train the same sums.
         self.yes_ids = sorted({self.yes_id, _single_token(tok, "Yes")})
         self.no_ids = sorted({self.no_id, _single_token(tok, "No")})
         self.eos_ids = _eos_ids(tok)
+
+    def decision_ids(self, stop: bool) -> list[int]:
+        """The next-token set of one Stop decision: the yes-tokens (stop) or the no-tokens (continue)."""
+        return list(self.yes_ids if stop else self.no_ids)
 
     def _chat(self, system: str, user: str) -> list[int]:
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]

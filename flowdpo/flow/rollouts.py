@@ -5,25 +5,39 @@ For each question:
    it has *before* any pair from this question is trained on);
 2. at EVERY node of the main chain take ONE alternative and continue the flow to a final answer:
    - answer node k (node index 2k): a freshly sampled chunk k that differs from the original one;
-   - stop node k (node index 2k+1): the opposite Stop decision;
+   - stop node k (node index 2k+1): the opposite Stop decision. A chunk that ended with EOS ended the
+     flow without a Stop decision (see `engine.py`), so it has no stop node;
 3. where the main chain and the rollout differ in correctness, that node yields a DPO pair for the
    adapter that acted there, chosen = the side that reached the correct answer.
 
-All rollouts of a batch of questions advance together through `run_flows` (one batched Answer call and
-one batched Stop call per step): they share prefixes, so running them one by one would waste the batch.
+Pairs of the two adapters differ in what is scored:
+- answer pairs: chosen/rejected are chunks (token sequences) after the same prompt + partial answer;
+  log pi(chunk) is the sum of its tokens' log-probs (`"scoring": "sequence"`);
+- stop pairs: chosen/rejected are the two decisions, each a SET of next tokens (yes = {"yes", "Yes"},
+  no = {"no", "No"}); log pi(decision) = logsumexp over its set (`"scoring": "token-set"`). This is
+  exactly the quantity the Stop decision reads (`engine.stop_probability`), so a DPO step on a pair moves
+  the decision itself, not one casing the model hardly uses.
+
+All flows of a batch of questions advance together through `run_flows`: a rollout starts as soon as its
+node exists on the main chain (it shares the main chains' batches), and the baselines (untrained flow,
+zero-shot single pass) run in the same batched steps.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowdpo.data import Example
 from flowdpo.flow.backend import GenerationBackend
-from flowdpo.flow.engine import FlowState, apply_decision, run_flows
+from flowdpo.flow.engine import END_NO_ALTERNATIVE, FlowState, apply_decision, run_flows
 from flowdpo.flow.prompts import PromptBuilder
 from flowdpo.grading import grade
 from flowdpo.spec import BaselinesSpec, FlowSpec
+
+SCORING_SEQUENCE = "sequence"  # log p(completion) = sum of its tokens' log-probs
+SCORING_TOKEN_SET = "token-set"  # log p(completion) = logsumexp of the next-token log-probs of its ids
 
 
 @dataclass
@@ -40,37 +54,60 @@ class ExampleRollouts:
     main: FlowState
     branches: list[Branch] = field(default_factory=list)
     untrained: FlowState | None = None
-    zero_shot_ids: list[int] | None = None
+    zero_shot: FlowState | None = None
+
+    @property
+    def flows(self) -> list[FlowState]:
+        extra = [s for s in (self.untrained, self.zero_shot) if s is not None]
+        return [self.main, *extra, *(b.state for b in self.branches)]
+
+    @property
+    def done(self) -> bool:
+        return all(s.done for s in self.flows)
 
 
-def main_state(ex: Example, prompts: PromptBuilder, use_adapters: bool = True) -> FlowState:
-    return FlowState(question=ex.question, prompt_ids=prompts.answer_prompt(ex.question), use_adapters=use_adapters)
+def main_state(ex: Example, prompts: PromptBuilder, use_adapters: bool = True, ask_stop: bool = True) -> FlowState:
+    return FlowState(
+        question=ex.question,
+        prompt_ids=prompts.answer_prompt(ex.question),
+        use_adapters=use_adapters,
+        ask_stop=ask_stop,
+    )
 
 
-def branches_of(main: FlowState) -> list[Branch]:
-    """One alternative per node of a finished main chain."""
-    out: list[Branch] = []
-    for k, chunk in enumerate(main.chunks):
+def node_count(main: FlowState) -> int:
+    """Nodes of the main chain that exist so far: answer node k once chunk k exists, stop node k once
+    decision k exists (nodes 0, 1, 2, ... in order)."""
+    return len(main.chunks) + len(main.decisions)
+
+
+def branch_at(main: FlowState, node: int) -> Branch:
+    """The one alternative at `node` of the main chain (which must exist)."""
+    k, is_stop = divmod(node, 2)
+    if not is_stop:
         alt = FlowState(
             question=main.question,
             prompt_ids=main.prompt_ids,
             chunks=[list(c) for c in main.chunks[:k]],
             decisions=list(main.decisions[:k]),
             p_stop=list(main.p_stop[:k]),
-            forbid_chunk=list(chunk),
+            forbid_chunk=list(main.chunks[k]),
         )
-        out.append(Branch(node=2 * k, kind="answer", chunk_index=k, state=alt))
-        if k < len(main.decisions):
-            alt = FlowState(
-                question=main.question,
-                prompt_ids=main.prompt_ids,
-                chunks=[list(c) for c in main.chunks[: k + 1]],
-                decisions=list(main.decisions[:k]),
-                p_stop=list(main.p_stop[:k]),
-            )
-            apply_decision(alt, not main.decisions[k], main.p_stop[k])
-            out.append(Branch(node=2 * k + 1, kind="stop", chunk_index=k, state=alt))
-    return out
+        return Branch(node=node, kind="answer", chunk_index=k, state=alt)
+    alt = FlowState(
+        question=main.question,
+        prompt_ids=main.prompt_ids,
+        chunks=[list(c) for c in main.chunks[: k + 1]],
+        decisions=list(main.decisions[:k]),
+        p_stop=list(main.p_stop[:k]),
+    )
+    apply_decision(alt, not main.decisions[k], main.p_stop[k])
+    return Branch(node=node, kind="stop", chunk_index=k, state=alt)
+
+
+def branches_of(main: FlowState) -> list[Branch]:
+    """One alternative per node of a (finished) main chain."""
+    return [branch_at(main, n) for n in range(node_count(main))]
 
 
 def rollout_examples(
@@ -80,24 +117,35 @@ def rollout_examples(
     spec: FlowSpec,
     rng: random.Random,
     baselines: BaselinesSpec | None = None,
+    on_done: Callable[[ExampleRollouts], None] | None = None,
 ) -> list[ExampleRollouts]:
-    """Main chains, then every node's rollout, for a batch of examples (batched across examples)."""
-    mains = [main_state(ex, prompts) for ex in examples]
-    extra: list[FlowState] = []
-    untrained: list[FlowState | None] = [None] * len(examples)
-    if baselines and baselines.untrained_flow:
-        untrained = [main_state(ex, prompts, use_adapters=False) for ex in examples]
-        extra = [s for s in untrained if s is not None]
-    run_flows(mains + extra, backend, prompts, spec, rng)
-    results = [ExampleRollouts(ex, m, branches_of(m), u) for ex, m, u in zip(examples, mains, untrained)]
-    run_flows([b.state for r in results for b in r.branches], backend, prompts, spec, rng)
-    if baselines and baselines.zero_shot:
-        # The single model answering in one pass, with the whole flow's token budget.
-        outs = backend.generate(
-            [m.prompt_ids for m in mains], None, spec.chunk_tokens * spec.max_chunks, spec.temperature, spec.top_p
-        )
-        for r, ids in zip(results, outs):
-            r.zero_shot_ids = ids
+    """Main chains, every node's rollout and the baselines of a batch of examples, batched across examples.
+
+    `on_done(r)` is called once per example as soon as all of its flows have ended (live progress)."""
+    results = [ExampleRollouts(ex, main_state(ex, prompts)) for ex in examples]
+    for r in results:
+        if baselines and baselines.untrained_flow:
+            r.untrained = main_state(r.example, prompts, use_adapters=False)
+        if baselines and baselines.zero_shot:
+            # The single model answering in one pass, with the whole flow's token budget.
+            r.zero_shot = main_state(r.example, prompts, use_adapters=False, ask_stop=False)
+    spawned = [0] * len(results)
+    reported = [False] * len(results)
+
+    def spawn() -> list[FlowState]:
+        new: list[FlowState] = []
+        for i, r in enumerate(results):
+            for node in range(spawned[i], node_count(r.main)):
+                b = branch_at(r.main, node)
+                r.branches.append(b)
+                new.append(b.state)
+            spawned[i] = node_count(r.main)
+            if on_done is not None and not reported[i] and r.main.done and r.done:
+                reported[i] = True
+                on_done(r)
+        return [s for s in new if not s.done]
+
+    run_flows([s for r in results for s in r.flows], backend, prompts, spec, rng, spawn)
     return results
 
 
@@ -120,7 +168,7 @@ def mine_pairs(r: ExampleRollouts, prompts: PromptBuilder, lineage: dict, max_pe
     counts = {"answer": 0, "stop": 0}
     rollouts = rollouts_correct = 0
     for b in r.branches:
-        if b.state.end_reason == "no_alternative":
+        if b.state.end_reason == END_NO_ALTERNATIVE:
             continue  # the Answer LLM kept sampling the original chunk: no alternative at this node
         rollouts += 1
         alt = _outcome(b.state, ex, prompts)
@@ -136,8 +184,8 @@ def mine_pairs(r: ExampleRollouts, prompts: PromptBuilder, lineage: dict, max_pe
             main_side, alt_side = r.main.chunks[k], b.state.chunks[k]
         else:
             prompt = prompts.stop_prompt(ex.question, prompts.decode(r.main.partial_ids(eos, upto=k + 1)))
-            main_side = [prompts.yes_id if r.main.decisions[k] else prompts.no_id]
-            alt_side = [prompts.yes_id if b.state.decisions[k] else prompts.no_id]
+            main_side = prompts.decision_ids(r.main.decisions[k])
+            alt_side = prompts.decision_ids(b.state.decisions[k])
         chosen, rejected = (main_side, alt_side) if main_wins else (alt_side, main_side)
         win, lose = ({**main, "branch": "main"}, {**alt, "branch": "rollout"})
         if not main_wins:
@@ -153,10 +201,11 @@ def mine_pairs(r: ExampleRollouts, prompts: PromptBuilder, lineage: dict, max_pe
                 "adapter": b.kind,
                 "chunkIndex": k,
                 "promptIds": prompt,
+                "scoring": SCORING_SEQUENCE if b.kind == "answer" else SCORING_TOKEN_SET,
                 "chosenIds": list(chosen),
                 "rejectedIds": list(rejected),
-                "chosenText": prompts.decode(chosen),
-                "rejectedText": prompts.decode(rejected),
+                "chosenText": _side_text(b.kind, chosen, prompts),
+                "rejectedText": _side_text(b.kind, rejected, prompts),
                 "chosen": win,
                 "rejected": lose,
             }
@@ -169,16 +218,27 @@ def mine_pairs(r: ExampleRollouts, prompts: PromptBuilder, lineage: dict, max_pe
         "gold": ex.answer,
         "answer": main_text,
         **main,
-        "tokens": sum(len(c) for c in r.main.chunks),
+        "tokens": r.main.tokens,
         "pStop": [round(p, 4) for p in r.main.p_stop],
         "rollouts": rollouts,
         "rolloutsCorrect": rollouts_correct,
         "pairs": counts,
         "baselines": {},
     }
-    if r.untrained is not None:
-        result["baselines"]["untrainedFlow"] = _outcome(r.untrained, ex, prompts)["correct"]
-    if r.zero_shot_ids is not None:
-        zs = prompts.decode([t for t in r.zero_shot_ids if t not in eos])
-        result["baselines"]["zeroShot"] = grade(zs, ex.answer).correct
+    # Baselines: correctness (what progress counts) and how each answer ended (the report's budget and
+    # truncation figures: a zero-shot answer that ended at max_chunks did not fit the token budget).
+    details = {}
+    for name, state in (("untrainedFlow", r.untrained), ("zeroShot", r.zero_shot)):
+        if state is not None:
+            out = _outcome(state, ex, prompts)
+            result["baselines"][name] = out["correct"]
+            details[name] = {"tokens": state.tokens, "endReason": state.end_reason, "extracted": out["extracted"]}
+    if details:
+        result["baselineDetails"] = details
     return result, pairs
+
+
+def _side_text(kind: str, ids: list[int], prompts: PromptBuilder) -> str:
+    if kind == "stop":
+        return "yes" if list(ids) == prompts.decision_ids(True) else "no"
+    return prompts.decode(ids)

@@ -29,7 +29,7 @@ from flowdpo.train.adapters import (
     load_optimizer,
     optimizer_bytes,
 )
-from flowdpo.train.dpo import DPOOutput, dpo_loss, sequence_logps
+from flowdpo.train.dpo import DPOOutput, dpo_loss, pair_logps
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +164,11 @@ class OnlineTrainer:
         pad = self.tokenizer.pad_token_id
         for i in range(0, len(pairs), t.micro_batch_size):
             mb = pairs[i : i + t.micro_batch_size]
-            prompts = [p["promptIds"] for p in mb] * 2
-            comps = [p["chosenIds"] for p in mb] + [p["rejectedIds"] for p in mb]
             with torch.no_grad(), self.model.disable_adapter():
-                ref = sequence_logps(self.model, prompts, comps, pad)
-            pol = sequence_logps(self.model, prompts, comps, pad)
+                ref_chosen, ref_rejected = pair_logps(self.model, mb, pad)
+            pol_chosen, pol_rejected = pair_logps(self.model, mb, pad)
             n = len(mb)
-            out = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], t.beta)
+            out = dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, t.beta)
             (out.loss * n / len(pairs)).backward()
             outs.append((out, n))
         torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model, adapter), t.grad_clip)
