@@ -32,9 +32,18 @@ def attach_adapters(model, spec: LoraSpec, seed: int = 0):
     peft_model = get_peft_model(model, lora_config(spec), adapter_name=ADAPTERS[0])
     for name in ADAPTERS[1:]:
         peft_model.add_adapter(name, lora_config(spec))
+    upcast_adapters(peft_model)
     peft_model.set_adapter(ADAPTERS[0])
     peft_model.eval()
     return peft_model
+
+
+def upcast_adapters(model) -> None:
+    """Keep every LoRA weight in float32 whatever the base dtype (peft < 0.19 left `add_adapter`'s weights
+    in bf16, where small Adam updates round away); peft's LoRA forward casts its input to these weights."""
+    for n, p in model.named_parameters():
+        if "lora_" in n and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def adapter_parameters(model, name: str) -> list[torch.nn.Parameter]:
