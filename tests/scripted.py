@@ -59,7 +59,7 @@ class ScriptedBackend:
 
     def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
         self.generate_calls.append(len(contexts))
-        self.adapters_seen.append(adapter)
+        self.adapters_seen.extend(adapter if isinstance(adapter, list) else [adapter])
         out = []
         for ctx in contexts:
             partial = self.tok.decode(ctx[self.prompt_len_of(ctx) :])

@@ -14,6 +14,7 @@ from flowdpo.flow.decoding import Decoder, PrefixCache, gqa_attention, sample_to
 pytestmark = pytest.mark.slow
 
 EOS = frozenset({2})
+ANSWER = [("answer", 0)]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_next_token_logprobs_equal_a_plain_forward_cold_and_from_the_prefix_cach
     dec = Decoder(model, EOS, tok.pad_token_id)
     ctxs, ids = _contexts(), list(range(100, 110))
     for attempt in ("cold", "cached"):
-        got = dec.next_token_logprobs(ctxs, adapter, 0, ids)
+        got = dec.next_token_logprobs(ctxs, [(adapter, 0)] * len(ctxs), ids)
         for g, c in zip(got, ctxs):
             assert torch.allclose(torch.tensor(g), _reference_logprobs(model, c, adapter, ids), atol=2e-4), attempt
     assert dec.stats["cached_tokens"] > sum(len(c) for c in ctxs) // 2  # the second pass reused the cache
@@ -68,7 +69,7 @@ def test_greedy_generation_equals_transformers_generate(model32):
     model, tok = model32
     dec = Decoder(model, EOS, tok.pad_token_id, max_batch=3)  # several batches, rows finishing at different steps
     ctxs = _contexts(seed=1)
-    got = dec.generate(ctxs, None, 0, 10, 0.0, 1.0)
+    got = dec.generate(ctxs, [(None, 0)] * len(ctxs), 10, 0.0, 1.0)
     with model.disable_adapter(), torch.no_grad():
         for c, g in zip(ctxs, got):
             ref = model.generate(
@@ -82,10 +83,10 @@ def test_greedy_generation_equals_transformers_generate(model32):
 def test_continuing_a_generation_from_the_cache_equals_generating_it_in_one_go(model32):
     model, tok = model32
     ctxs = _contexts(seed=2)[:4]
-    one = Decoder(model, EOS, tok.pad_token_id).generate(ctxs, "answer", 0, 12, 0.0, 1.0)
+    one = Decoder(model, EOS, tok.pad_token_id).generate(ctxs, ANSWER * len(ctxs), 12, 0.0, 1.0)
     dec = Decoder(model, EOS, tok.pad_token_id)
-    first = dec.generate(ctxs, "answer", 0, 6, 0.0, 1.0)
-    rest = dec.generate([c + f for c, f in zip(ctxs, first)], "answer", 0, 6, 0.0, 1.0)
+    first = dec.generate(ctxs, ANSWER * len(ctxs), 6, 0.0, 1.0)
+    rest = dec.generate([c + f for c, f in zip(ctxs, first)], ANSWER * len(ctxs), 6, 0.0, 1.0)
     for o, f, r in zip(one, first, rest):
         joined = f + r if not (f and f[-1] in EOS) else f
         assert joined == o[: len(joined)]
@@ -100,8 +101,8 @@ def test_sampling_is_seeded_and_a_reset_decoder_repeats_itself(model32):
     def run():
         dec.reset()
         torch.manual_seed(7)
-        a = dec.generate(ctxs, "answer", 0, 10, 0.9, 0.95)
-        b = dec.generate([c + x for c, x in zip(ctxs, a)], "answer", 0, 10, 0.9, 0.95)
+        a = dec.generate(ctxs, ANSWER * len(ctxs), 10, 0.9, 0.95)
+        b = dec.generate([c + x for c, x in zip(ctxs, a)], ANSWER * len(ctxs), 10, 0.9, 0.95)
         return a, b
 
     assert run() == run()
@@ -111,21 +112,36 @@ def test_new_adapter_version_drops_cached_keys(model32):
     model, tok = model32
     dec = Decoder(model, EOS, tok.pad_token_id)
     ctxs = _contexts(seed=4)
-    dec.next_token_logprobs(ctxs, "answer", 0, [5])
+    dec.next_token_logprobs(ctxs, ANSWER * len(ctxs), [5])
     hits = dec.stats["cached_tokens"]
     dec.invalidate("answer")
-    dec.next_token_logprobs(ctxs, "answer", 1, [5])
+    dec.next_token_logprobs(ctxs, [("answer", 1)] * len(ctxs), [5])
     assert dec.stats["cached_tokens"] == hits  # nothing of version 0 was reused
 
 
-def test_merged_weights_are_swapped_back_after_each_call(model32):
+def test_rows_of_different_adapters_share_a_batch_and_peft_is_restored(model32):
+    """Base, Answer and Stop rows in one call give what each gives alone; afterwards the peft model computes
+    exactly as before (the per-row LoRA forward is only installed during a call)."""
     model, tok = model32
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for n, p in model.named_parameters():
+            if "lora_B" in n and ".stop." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+    ctxs, ids = _contexts(seed=5), list(range(200, 205))
+    modes = [(None, 0), ("answer", 0), ("stop", 0)] * 2
+    ctxs = ctxs[: len(modes)] + ctxs[: len(modes) - len(ctxs)]
+    x = torch.tensor([ctxs[0]])
+    with torch.no_grad():
+        model.set_adapter("stop")
+        before = model(input_ids=x).logits
     dec = Decoder(model, EOS, tok.pad_token_id)
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
-    dec.generate(_contexts()[:2], "answer", 0, 4, 1.0, 1.0)
-    for n, p in model.named_parameters():
-        if n in before:
-            assert torch.equal(before[n], p.detach()), n
+    got = dec.next_token_logprobs(ctxs, modes, ids)
+    for g_, c, (adapter, _) in zip(got, ctxs, modes):
+        assert torch.allclose(torch.tensor(g_), _reference_logprobs(model, c, adapter, ids), atol=2e-4), adapter
+    with torch.no_grad():
+        model.set_adapter("stop")
+        assert torch.equal(model(input_ids=x).logits, before)
 
 
 def test_prefix_cache_longest_prefix_lru_and_superseded_entries():

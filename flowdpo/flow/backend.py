@@ -16,17 +16,36 @@ from typing import Protocol
 import torch
 
 
+def adapters_per_context(adapter, n: int) -> list[str | None]:
+    """`adapter` as one entry per context (a single name or None applies to all)."""
+    if isinstance(adapter, (list, tuple)):
+        if len(adapter) != n:
+            raise ValueError(f"{len(adapter)} adapters for {n} contexts")
+        return list(adapter)
+    return [adapter] * n
+
+
+def by_adapter(adapter, n: int) -> dict[str | None, list[int]]:
+    """Context indices grouped by the adapter they run under, in first-seen order."""
+    groups: dict[str | None, list[int]] = {}
+    for i, a in enumerate(adapters_per_context(adapter, n)):
+        groups.setdefault(a, []).append(i)
+    return groups
+
+
 class GenerationBackend(Protocol):
     def versions(self) -> dict[str, int]:
         """Adapter versions currently served, e.g. {"answer": 3, "stop": 2}."""
 
     def generate(
-        self, contexts: list[list[int]], adapter: str | None, max_new_tokens: int, temperature: float, top_p: float
+        self, contexts: list[list[int]], adapter, max_new_tokens: int, temperature: float, top_p: float
     ) -> list[list[int]]:
-        """Sample a continuation of each context; each result ends at (and includes) the first EOS."""
+        """Sample a continuation of each context; each result ends at (and includes) the first EOS.
+        `adapter`: "answer", "stop", None (the base model), or a list with one of those per context."""
 
-    def next_token_logprobs(self, contexts: list[list[int]], adapter: str | None, token_ids: list[int]) -> list[list[float]]:
-        """Log-probabilities of `token_ids` as the next token after each context (the Stop decision)."""
+    def next_token_logprobs(self, contexts: list[list[int]], adapter, token_ids: list[int]) -> list[list[float]]:
+        """Log-probabilities of `token_ids` as the next token after each context (the Stop decision);
+        `adapter` as for `generate`."""
 
     def load_adapter(self, name: str, version: int, files: dict[str, bytes]) -> None:
         """Serve `files` (a peft adapter folder: {filename: bytes}) as adapter `name` at `version`;
@@ -88,17 +107,27 @@ class TransformersBackend:
         if self.decoder is not None:
             self.decoder.reset()
 
+    def _modes(self, adapter, n: int) -> list[tuple[str | None, int]]:
+        return [(a, self._versions.get(a, 0) if a is not None else 0) for a in adapters_per_context(adapter, n)]
+
     def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
         if self.decoder is not None:
-            return self.decoder.generate(
-                contexts, adapter, self._versions.get(adapter, 0), max_new_tokens, temperature, top_p
-            )
-        return self._generate_hf(contexts, adapter, max_new_tokens, temperature, top_p)
+            modes = self._modes(adapter, len(contexts))
+            return self.decoder.generate(contexts, modes, max_new_tokens, temperature, top_p)
+        return self._per_adapter(self._generate_hf, contexts, adapter, max_new_tokens, temperature, top_p)
 
     def next_token_logprobs(self, contexts, adapter, token_ids):
         if self.decoder is not None:
-            return self.decoder.next_token_logprobs(contexts, adapter, self._versions.get(adapter, 0), token_ids)
-        return self._next_token_logprobs_hf(contexts, adapter, token_ids)
+            return self.decoder.next_token_logprobs(contexts, self._modes(adapter, len(contexts)), token_ids)
+        return self._per_adapter(self._next_token_logprobs_hf, contexts, adapter, token_ids)
+
+    @staticmethod
+    def _per_adapter(call, contexts, adapter, *args):
+        out: list = [None] * len(contexts)
+        for a, idx in by_adapter(adapter, len(contexts)).items():
+            for i, r in zip(idx, call([contexts[i] for i in idx], a, *args)):
+                out[i] = r
+        return out
 
     # -- the fallback for models the decoder does not cover ----------------------------------------------
     @contextlib.contextmanager

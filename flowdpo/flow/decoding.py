@@ -15,8 +15,10 @@ This module does the minimum the tokens require:
   padding; suffixes of very different lengths are prefilled in separate groups.
 - **Grouped-query attention without repeating K/V** (`gqa_attention`, registered as an attention
   implementation): the eager path copies the whole cache once per layer and step to repeat its heads.
-- **Adapters merged into the weights** (`MergedWeights`): W + s·BA is computed once per adapter version
-  (in float32, then cast) and swapped in for generation, so an adapter costs nothing per token.
+- **Several adapters in one forward** (`RowAdapters`): each row names its adapter (or the base model);
+  every LoRA layer computes the base matmul once for the whole batch and adds B·A·x only on the rows of
+  each adapter (rank 8: ~4% more FLOPs). The untrained flow, the zero-shot pass, the Answer adapter and
+  the Stop adapter therefore share batches instead of taking turns.
 - **A plain decode loop** with inverse-CDF sampling (temperature, top-p) on the torch generator, so a
   seeded run samples the same tokens; rows that finish leave the batch.
 - **Logits only where needed**, computed from a contiguous hidden state (a non-contiguous `[:, -k:]`
@@ -75,8 +77,15 @@ def register_attention() -> str:
 
 
 def supports_fast_path(hf_model) -> bool:
-    """Our KV buffer and attention assume every layer is plain full attention (Llama/Qwen/Mistral-like)."""
-    cfg = hf_model.config.get_text_config(decoder=True) if hasattr(hf_model.config, "get_text_config") else hf_model.config
+    """Our KV buffer and attention assume every layer is plain full attention (Llama/Qwen/Mistral-like), and
+    `RowAdapters` plain LoRA on linear layers."""
+    if _unsupported_adapters(hf_model) is not None:
+        return False
+    cfg = (
+        hf_model.config.get_text_config(decoder=True)
+        if hasattr(hf_model.config, "get_text_config")
+        else hf_model.config
+    )
     types = getattr(cfg, "layer_types", None)
     if types and any(t != "full_attention" for t in types):
         return False
@@ -102,7 +111,9 @@ def causal_lm_logits(model, input_ids, attention_mask, position_ids, keep: int) 
     This is how every forward of the project that needs a few positions' logits (DPO log-probs, the Stop
     decision) computes them, so the strided-head copy never comes back."""
     hf = _hf_model(model)
-    hidden = hf.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    hidden = hf.model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state
     return lm_logits(hf, hidden[:, -keep:, :])
 
 
@@ -220,64 +231,96 @@ class PrefixCache:
         self.bytes = 0
 
 
-# -- merged adapter weights -------------------------------------------------------------------------------
-class MergedWeights:
-    """Weights of the LoRA-wrapped linear layers with one adapter merged in (W + scale * B A), computed
-    once per adapter version in float32 and cast to the weights' dtype, swapped in while generating.
-
-    The trainer keeps training the unmerged peft adapters; nothing here changes them."""
+# -- adapters per row -------------------------------------------------------------------------------------
+class RowAdapters:
+    """LoRA adapters applied per row inside one forward: `groups` is a list of (start, end, adapter) row
+    ranges (adapter None = the base model). Each LoRA linear layer computes its base matmul for all rows
+    and adds scale * (x A^T) B^T on each adapter's rows, from copies of A^T and B^T in the model's dtype made
+    once per adapter version. peft's own forward is untouched outside `use()`; the trainer keeps training
+    the peft weights, and `invalidate(adapter)` after an update makes the next call copy them again."""
 
     def __init__(self, model):
-        self.model = model
-        self._layers = _lora_layers(model)
-        self._merged: dict[str, list[torch.Tensor]] = {}
+        self.layers = _lora_layers(model)
+        self._weights: dict[str, list[tuple[torch.Tensor, torch.Tensor] | None]] = {}
+        self.groups: list[tuple[int, int, str | None]] = []
 
     def invalidate(self, adapter: str | None = None) -> None:
         if adapter is None:
-            self._merged.clear()
+            self._weights.clear()
         else:
-            self._merged.pop(adapter, None)
+            self._weights.pop(adapter, None)
 
-    def _weights(self, adapter: str) -> list[torch.Tensor]:
-        if adapter not in self._merged:
-            out = []
+    def _for(self, adapter: str) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        if adapter not in self._weights:
+            out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
             with torch.no_grad():
-                for layer in self._layers:
-                    base = layer.base_layer.weight
-                    if adapter in layer.lora_A:
-                        delta = layer.get_delta_weight(adapter)
-                        out.append((base.float() + delta.float()).to(base.dtype))
-                    else:
-                        out.append(base.data)
-            self._merged[adapter] = out
-        return self._merged[adapter]
+                for layer in self.layers:
+                    if adapter not in layer.lora_A:
+                        out.append(None)
+                        continue
+                    dtype = layer.base_layer.weight.dtype
+                    a_t = layer.lora_A[adapter].weight.detach().t().to(dtype).contiguous()
+                    b_t = (
+                        (layer.lora_B[adapter].weight.detach().float() * layer.scaling[adapter])
+                        .t()
+                        .to(dtype)
+                        .contiguous()
+                    )
+                    out.append((a_t, b_t))
+            if all(w is None for w in out):
+                raise KeyError(f"the model has no LoRA adapter named {adapter!r}")
+            self._weights[adapter] = out
+        return self._weights[adapter]
 
     @contextlib.contextmanager
-    def use(self, adapter: str | None):
-        """Run the model as the base (adapter None) or as base + `adapter`, with no LoRA work per token."""
-        disable = getattr(self.model, "disable_adapter", None)
-        ctx = disable() if disable is not None else contextlib.nullcontext()
-        with ctx:
-            if adapter is None or not self._layers:
-                yield
-                return
-            weights = self._weights(adapter)
-            originals = [layer.base_layer.weight.data for layer in self._layers]
-            try:
-                for layer, w in zip(self._layers, weights):
-                    layer.base_layer.weight.data = w
-                yield
-            finally:
-                for layer, w in zip(self._layers, originals):
-                    layer.base_layer.weight.data = w
+    def use(self):
+        """Route every LoRA layer through the per-row forward while inside."""
+        for i, layer in enumerate(self.layers):
+            layer.forward = self._layer_forward(i, layer)
+        try:
+            yield self
+        finally:
+            for layer in self.layers:
+                del layer.forward
+
+    def _layer_forward(self, i: int, layer):
+        base = layer.base_layer
+
+        def forward(x, *args, **kwargs):
+            out = base(x, *args, **kwargs)
+            for start, end, adapter in self.groups:
+                if adapter is None:
+                    continue
+                w = self._for(adapter)[i]
+                if w is not None:
+                    out[start:end] += (x[start:end] @ w[0]) @ w[1]
+            return out
+
+        return forward
 
 
 def _lora_layers(model) -> list:
+    """peft's LoRA linear layers of `model` (peft injects them in place of the adapted nn.Linear)."""
     try:
-        from peft.tuners.lora import LoraLayer
+        from peft.tuners.lora import Linear as LoraLinear
     except ImportError:  # pragma: no cover - peft is a dependency
         return []
-    return [m for m in model.modules() if isinstance(m, LoraLayer) and hasattr(m.base_layer, "weight")]
+    return [m for m in model.modules() if isinstance(m, LoraLinear)]
+
+
+def _unsupported_adapters(model) -> str | None:
+    """Why `RowAdapters` cannot serve this model's adapters (None: it can)."""
+    try:
+        from peft.tuners.lora import Linear as LoraLinear
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover
+        return None
+    for m in model.modules():
+        if isinstance(m, LoraLayer) and not isinstance(m, LoraLinear):
+            return f"LoRA on a {type(m).__name__} layer"
+        if isinstance(m, LoraLinear) and any(getattr(m, "use_dora", {}).values()):
+            return "DoRA adapters"
+    return None
 
 
 # -- the batch KV buffer ----------------------------------------------------------------------------------
@@ -313,6 +356,7 @@ def _buffer_layer_class():
 class _Row:
     index: int  # position in the caller's list
     context: list[int]
+    mode: tuple[str | None, int]  # (adapter or None for the base model, version)
     cached: int  # tokens of the context whose KV comes from the prefix cache
     entry: object | None
     generated: list[int]
@@ -326,8 +370,9 @@ class _Row:
 class Decoder:
     """Generation and next-token log-probs for one in-process model, with the caches described above.
 
-    `mode` names the weights a call runs under: None (the base model) or a peft adapter name; `version`
-    changes whenever that adapter's weights change (the caches of older versions are dropped)."""
+    Each context runs under a mode `(adapter, version)`: adapter None is the base model, otherwise a peft
+    adapter name; `version` names that adapter's current weights (keys/values cached under an older
+    version are never reused)."""
 
     def __init__(
         self,
@@ -342,7 +387,7 @@ class Decoder:
         self.model = model
         self.hf = _hf_model(model)
         if not supports_fast_path(self.hf):
-            raise ValueError("the fast decoder needs a model whose layers are all full attention")
+            raise ValueError("the fast decoder needs full-attention layers and plain LoRA on linear layers")
         self.eos_ids = frozenset(eos_ids)
         self.pad_id = pad_id
         self.max_batch = max_batch
@@ -352,86 +397,93 @@ class Decoder:
         self.n_layers = cfg.num_hidden_layers
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.merged = MergedWeights(model)
+        self.adapters = RowAdapters(model)
         self._caches: dict[tuple[str | None, int], PrefixCache] = {}
         self._layer_cls = _buffer_layer_class()
         self.tokens_generated = 0
-        self.stats = {"prefill_tokens": 0, "cached_tokens": 0, "decode_steps": 0, "forward_rows": 0}
+        self.stats = {
+            "prefill_tokens": 0,
+            "cached_tokens": 0,
+            "forwards": 0,
+            "forward_rows": 0,
+            "decode_steps": 0,
+            "decode_rows": 0,
+        }
         register_attention()
 
     # -- caches --------------------------------------------------------------------------------------
-    def cache(self, mode: str | None, version: int) -> PrefixCache:
-        key = (mode, version)
-        if key not in self._caches:
-            for old in [k for k in self._caches if k[0] == mode]:
+    def cache(self, mode: tuple[str | None, int]) -> PrefixCache:
+        if mode not in self._caches:
+            for old in [k for k in self._caches if k[0] == mode[0]]:
                 del self._caches[old]
-            self._caches[key] = PrefixCache(self.cache_bytes)
-        return self._caches[key]
+            self._caches[mode] = PrefixCache(self.cache_bytes)
+        return self._caches[mode]
 
-    def invalidate(self, mode: str | None = None) -> None:
-        """Weights of `mode` (None: all) changed: forget merged weights and cached keys/values."""
-        if mode is None:
-            self._caches.clear()
-            self.merged.invalidate()
-            return
-        for k in [k for k in self._caches if k[0] == mode]:
+    def invalidate(self, adapter: str | None = None) -> None:
+        """The weights of `adapter` (None: of every adapter) changed: drop their copies and cached keys."""
+        self.adapters.invalidate(adapter)
+        for k in [k for k in self._caches if adapter is None or k[0] == adapter]:
             del self._caches[k]
-        self.merged.invalidate(mode)
 
     def reset(self) -> None:
-        """Forget cached keys/values (merged weights stay): the next calls compute as from a cold start."""
+        """Forget cached keys/values: the next calls compute exactly as from a cold start."""
         for c in self._caches.values():
             c.clear()
 
     # -- public calls --------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, contexts, mode, version, max_new_tokens, temperature, top_p) -> list[list[int]]:
+    def generate(self, contexts, modes, max_new_tokens, temperature, top_p) -> list[list[int]]:
+        """Sample up to `max_new_tokens` after each context (ending at and including the first EOS);
+        `modes[i]` = (adapter or None, version) of context i."""
         out: list[list[int] | None] = [None] * len(contexts)
-        with self._weights(mode):
-            cache = self.cache(mode, version)
-            for rows in self._batches(contexts, cache, max_new_tokens):
-                self._run(rows, cache, max_new_tokens, temperature, top_p, None)
+        with self._running():
+            for rows in self._batches(contexts, modes, max_new_tokens):
+                self._run(rows, max_new_tokens, temperature, top_p, None)
                 for r in rows:
                     out[r.index] = r.generated
                     self.tokens_generated += len(r.generated)
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def next_token_logprobs(self, contexts, mode, version, token_ids) -> list[list[float]]:
+    def next_token_logprobs(self, contexts, modes, token_ids) -> list[list[float]]:
         out: list[list[float] | None] = [None] * len(contexts)
         ids = torch.tensor(list(token_ids), dtype=torch.long)
-        with self._weights(mode):
-            cache = self.cache(mode, version)
-            for rows in self._batches(contexts, cache, 0):
-                logp = self._run(rows, cache, 0, 0.0, 1.0, ids)
+        with self._running():
+            for rows in self._batches(contexts, modes, 0):
+                logp = self._run(rows, 0, 0.0, 1.0, ids)
                 for r, lp in zip(rows, logp.tolist()):
                     out[r.index] = lp
         return out  # type: ignore[return-value]
 
     # -- internals -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _weights(self, mode):
+    def _running(self):
         was_training = self.model.training
         self.model.eval()
         previous = self.hf.config._attn_implementation
         self.hf.set_attn_implementation(ATTN_IMPLEMENTATION)
         try:
-            with self.merged.use(mode):
+            with self.adapters.use():
                 yield
         finally:
             self.hf.set_attn_implementation(previous)
             self.model.train(was_training)
 
-    def _batches(self, contexts, cache: PrefixCache, max_new: int):
+    def _batches(self, contexts, modes, max_new: int):
+        order = {
+            m: i
+            for i, m in enumerate(sorted({m for m in modes}, key=lambda m: (m[0] is not None, str(m[0]))))
+        }
         rows = []
-        for i, ctx in enumerate(contexts):
+        for i, (ctx, mode) in enumerate(zip(contexts, modes)):
             if not ctx:
                 raise ValueError("cannot continue an empty context")
-            entry, n = cache.lookup(ctx)
+            entry, n = self.cache(mode).lookup(ctx)
             n = min(n, len(ctx) - 1)  # the last context token is always fed: its logits are needed
-            rows.append(_Row(i, list(ctx), n, entry if n > 0 else None, []))
-        # Similar suffix lengths together (prefill padding), then similar cached lengths (attention).
-        rows.sort(key=lambda r: (r.suffix, r.cached))
+            rows.append(_Row(i, list(ctx), mode, n, entry if n > 0 else None, []))
+        # Rows of one mode together (few adapter groups per forward), then similar suffix lengths (prefill
+        # padding), then similar cached lengths (attention).
+        rows.sort(key=lambda r: (order[r.mode], r.suffix, r.cached))
         batch: list[_Row] = []
         width = 0
         for r in rows:
@@ -444,7 +496,16 @@ class Decoder:
         if batch:
             yield batch
 
-    def _run(self, rows: list[_Row], cache: PrefixCache, max_new: int, temperature: float, top_p: float, score_ids):
+    def _set_groups(self, rows: list[_Row]) -> None:
+        groups: list[tuple[int, int, str | None]] = []
+        for j, r in enumerate(rows):
+            if groups and groups[-1][2] == r.mode[0]:
+                groups[-1] = (groups[-1][0], j + 1, r.mode[0])
+            else:
+                groups.append((j, j + 1, r.mode[0]))
+        self.adapters.groups = groups
+
+    def _run(self, rows: list[_Row], max_new: int, temperature: float, top_p: float, score_ids):
         dev = self.hf.device
         dtype = self.hf.dtype
         b = len(rows)
@@ -462,12 +523,13 @@ class Decoder:
             last_pos[i] = len(r.context) - 1
             self.stats["cached_tokens"] += r.cached
             self.stats["prefill_tokens"] += r.suffix
+            cache = self.cache(r.mode)
             cache.hit_tokens += r.cached
             cache.miss_tokens += r.suffix
 
-        # Prefill the new suffixes, in groups of similar length (rows are sorted by suffix length).
+        # Prefill the new suffixes, in groups of one mode and similar length.
         logits = torch.empty((b, self.hf.config.vocab_size), dtype=torch.float32, device=dev)
-        for a, z in _groups([r.suffix for r in rows]):
+        for a, z in _groups([(r.mode, r.suffix) for r in rows]):
             s = max(r.suffix for r in rows[a:z])
             ids = torch.full((z - a, s), self.pad_id, dtype=torch.long)
             pos = torch.zeros((z - a, s), dtype=torch.long)
@@ -475,15 +537,17 @@ class Decoder:
                 ids[j, s - r.suffix :] = torch.tensor(r.context[r.cached :], dtype=torch.long)
                 pos[j, s - r.suffix :] = torch.arange(r.cached, len(r.context))
             layers = [
-                self._layer_cls(buf[layer, 0, a:z], buf[layer, 1, a:z], c_max + s_max - s) for layer in range(self.n_layers)
+                self._layer_cls(buf[layer, 0, a:z], buf[layer, 1, a:z], c_max + s_max - s)
+                for layer in range(self.n_layers)
             ]
+            self._set_groups(rows[a:z])
             logits[a:z] = self._forward(ids.to(dev), mask[a:z, : c_max + s_max], pos.to(dev), layers).float()
             self.stats["forward_rows"] += z - a
 
         if score_ids is not None:  # next-token log-probs only
             logp = torch.log_softmax(logits, dim=-1)[:, score_ids.to(dev)].cpu()
             for i, r in enumerate(rows):
-                self._store(cache, r, buf, mask, i, len(r.context))
+                self._store(r, buf, mask, i, len(r.context))
             return logp
 
         # Decode: every row has the same budget; finished rows leave the batch when enough have finished.
@@ -505,49 +569,57 @@ class Decoder:
             if len(active) <= 0.75 * len(live) and max_new - step > 2:
                 for j, i in enumerate(live):
                     if rows[i].done:
-                        self._store(cache, rows[i], buf, mask, j, len(rows[i].context) + len(rows[i].generated) - 1)
+                        self._store(rows[i], buf, mask, j, len(rows[i].context) + len(rows[i].generated) - 1)
                 keep = torch.tensor(active, dtype=torch.long, device=dev)
                 buf = buf.index_select(2, keep)
                 mask = mask.index_select(0, keep)
                 last_pos = last_pos.index_select(0, keep)
                 live = [live[j] for j in active]
                 nxt = [nxt[j] for j in active]
-            step_ids = torch.tensor([[nxt[j]] for j in range(len(live))], dtype=torch.long, device=dev)
+            step_ids = torch.tensor([[t] for t in nxt], dtype=torch.long, device=dev)
             feeding = torch.tensor([0 if rows[i].done else 1 for i in live], dtype=torch.long, device=dev)
             mask[:, length] = feeding
             last_pos = last_pos + feeding
             layers = [self._layer_cls(buf[layer, 0], buf[layer, 1], length) for layer in range(self.n_layers)]
+            self._set_groups([rows[i] for i in live])
             logits = self._forward(step_ids, mask[:, : length + 1], last_pos.unsqueeze(1), layers).float()
             length += 1
             self.stats["decode_steps"] += 1
+            self.stats["decode_rows"] += len(live)
             self.stats["forward_rows"] += len(live)
         for j, i in enumerate(live):
             r = rows[i]
-            self._store(cache, r, buf, mask, j, len(r.context) + len(r.generated) - 1)
+            self._store(r, buf, mask, j, len(r.context) + len(r.generated) - 1)
         return None
 
     def _forward(self, ids, mask, pos, layers) -> torch.Tensor:
         from transformers.cache_utils import Cache
 
+        self.stats["forwards"] += 1
         out = self.hf.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=Cache(layers=layers), use_cache=True
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=Cache(layers=layers),
+            use_cache=True,
         )
         return lm_logits(self.hf, out.last_hidden_state[:, -1, :])
 
-    def _store(self, cache: PrefixCache, r: _Row, buf, mask, j: int, fed: int) -> None:
+    def _store(self, r: _Row, buf, mask, j: int, fed: int) -> None:
         """Keep the keys/values of the `fed` tokens row `j` of the buffer holds (context + generated)."""
         idx = mask[j].nonzero().squeeze(-1)
         if idx.numel() != fed:  # pragma: no cover - a bookkeeping bug; never cache wrong keys
             raise AssertionError(f"KV buffer row holds {idx.numel()} tokens, expected {fed}")
         kv = buf[:, :, j].index_select(3, idx)
-        cache.insert((r.context + r.generated)[:fed], kv)
+        self.cache(r.mode).insert((r.context + r.generated)[:fed], kv)
 
 
-def _groups(lengths: list[int]):
-    """Split sorted suffix lengths into contiguous groups whose padding stays small."""
+def _groups(keys: list[tuple[object, int]]):
+    """Split rows sorted by (mode, suffix length) into contiguous groups of one mode whose padding stays
+    small (prefill forwards)."""
     start = 0
-    for i in range(1, len(lengths) + 1):
-        if i == len(lengths) or lengths[i] > 1.5 * lengths[start] + 8:
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i][0] != keys[start][0] or keys[i][1] > 1.5 * keys[start][1] + 8:
             yield start, i
             start = i
 
@@ -562,8 +634,8 @@ def kv_bytes_per_token(hf_model) -> int:
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "Decoder",
-    "MergedWeights",
     "PrefixCache",
+    "RowAdapters",
     "causal_lm_logits",
     "gqa_attention",
     "kv_bytes_per_token",

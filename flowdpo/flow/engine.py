@@ -20,9 +20,9 @@ is an answer node like any other (its rollout samples a different chunk k), but 
 after it — there was no decision to flip. The Stop LLM therefore learns only on partial answers the
 Answer LLM meant to continue: "is this enough to stop here?".
 
-`run_flows` advances a list of `FlowState`s together: every step issues ONE batched Answer call per
-adapter mode for all flows that need a chunk, and ONE batched Stop call per mode for all flows that need a
-decision. `spawn` (called after every step) may add new flows — rollouts start as soon as the node they
+`run_flows` advances a list of `FlowState`s together: every step issues ONE batched Answer call for all
+flows that need a chunk and ONE batched Stop call for all flows that need a decision; each row names its
+own adapter (the trained adapters, or the base model for the baselines). `spawn` (called after every step) may add new flows — rollouts start as soon as the node they
 branch from exists, so they share the batches of the main chains instead of waiting for them.
 A flow with `ask_stop=False` is the single model answering in one pass: it is generated chunk by chunk
 (token-exact continuation, the same distribution as one call) until EOS or the same total budget.
@@ -132,35 +132,31 @@ def run_flows(
     if spawn is not None:
         live += spawn()
     while live:
-        # Answer step: one batched call per adapter mode (trained adapters / base model).
-        todo = [s for s in live if s.needs_chunk()]
-        for use in (True, False):
-            group = [s for s in todo if s.use_adapters is use]
-            for _attempt in range(spec.resample_attempts):
-                if not group:
-                    break
-                contexts = [s.prompt_ids + s.partial_ids(eos) for s in group]
-                chunks = backend.generate(
-                    contexts, "answer" if use else None, spec.chunk_tokens, spec.temperature, spec.top_p
-                )
-                retry = []
-                for s, c in zip(group, chunks):
-                    if s.forbid_chunk is not None and c == s.forbid_chunk:
-                        retry.append(s)  # a rollout must differ from the original node
-                    else:
-                        after_chunk(s, c, spec, eos)
-                group = retry
-            for s in group:  # no different chunk after all attempts: this node has no alternative
-                s.done, s.end_reason = True, END_NO_ALTERNATIVE
-        # Stop step.
-        asking = [s for s in live if s.needs_decision()]
-        for use in (True, False):
-            group = [s for s in asking if s.use_adapters is use]
+        # Answer step: one batched call for every flow that needs a chunk, each row under its own adapter
+        # (trained Answer adapter, or the base model for the baselines).
+        group = [s for s in live if s.needs_chunk()]
+        for _attempt in range(spec.resample_attempts):
             if not group:
-                continue
-            contexts = [prompts.stop_prompt(s.question, prompts.decode(s.partial_ids(eos))) for s in group]
-            logps = backend.next_token_logprobs(contexts, "stop" if use else None, decision_tokens)
-            for s, lp in zip(group, logps):
+                break
+            contexts = [s.prompt_ids + s.partial_ids(eos) for s in group]
+            adapters = ["answer" if s.use_adapters else None for s in group]
+            chunks = backend.generate(contexts, adapters, spec.chunk_tokens, spec.temperature, spec.top_p)
+            retry = []
+            for s, c in zip(group, chunks):
+                if s.forbid_chunk is not None and c == s.forbid_chunk:
+                    retry.append(s)  # a rollout must differ from the original node
+                else:
+                    after_chunk(s, c, spec, eos)
+            group = retry
+        for s in group:  # no different chunk after all attempts: this node has no alternative
+            s.done, s.end_reason = True, END_NO_ALTERNATIVE
+        # Stop step: one batched call for every flow that needs a decision.
+        asking = [s for s in live if s.needs_decision()]
+        if asking:
+            contexts = [prompts.stop_prompt(s.question, prompts.decode(s.partial_ids(eos))) for s in asking]
+            adapters = ["stop" if s.use_adapters else None for s in asking]
+            logps = backend.next_token_logprobs(contexts, adapters, decision_tokens)
+            for s, lp in zip(asking, logps):
                 p_yes = stop_probability(lp, len(prompts.yes_ids), spec.stop_temperature)
                 apply_decision(s, rng.random() < p_yes, p_yes)
         if spawn is not None:

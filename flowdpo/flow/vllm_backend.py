@@ -182,6 +182,8 @@ class VLLMBackend:
     def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
         if not contexts:
             return []
+        if isinstance(adapter, (list, tuple)):
+            return self._per_adapter(self.generate, contexts, adapter, max_new_tokens, temperature, top_p)
         name = self._acquire(adapter)
         try:
             body = {
@@ -211,6 +213,8 @@ class VLLMBackend:
     def next_token_logprobs(self, contexts, adapter, token_ids):
         if not contexts:
             return []
+        if isinstance(adapter, (list, tuple)):
+            return self._per_adapter(self.next_token_logprobs, contexts, adapter, token_ids)
         token_ids = [int(t) for t in token_ids]
         name = self._acquire(adapter)
         try:
@@ -234,6 +238,20 @@ class VLLMBackend:
                 raise VLLMError(
                     f"vLLM at {self.url} returned no log-prob for token {e} (got {sorted(row)})"
                 ) from None
+        return out
+
+    def _per_adapter(self, call, contexts, adapter, *args):
+        """A call with one adapter per context: one concurrent call per adapter (each keeps its own name
+        and in-flight count), results back in context order."""
+        from flowdpo.flow.backend import by_adapter
+
+        groups = list(by_adapter(adapter, len(contexts)).items())
+        out: list = [None] * len(contexts)
+        with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+            futures = [(idx, pool.submit(call, [contexts[i] for i in idx], a, *args)) for a, idx in groups]
+            for idx, fut in futures:
+                for i, r in zip(idx, fut.result()):
+                    out[i] = r
         return out
 
     def load_adapter(self, name: str, version: int, files: dict[str, bytes]) -> float:
