@@ -11,11 +11,13 @@ from flowdpo.storage.layout import ADAPTERS
 from flowdpo.train.online import OnlineTrainer, TrainerState
 
 
-def build_progress(run: str, phase: str, state: TrainerState, manifest: dict) -> dict:
+def build_progress(run: str, phase: str, state: TrainerState, manifest: dict, live: dict | None = None) -> dict:
+    """progress.json. `live`: the in-process rollouts' own progress (`flowdpo run`), which also gives the
+    rate and ETA while it has measured any (the trainer's clock alone moves once per shard)."""
     total = manifest["examples"]
     rate = state.examples / state.elapsed_seconds if state.elapsed_seconds > 0 else None
     remaining = total - state.examples
-    return {
+    progress = {
         "run": run,
         "phase": phase,
         "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -36,6 +38,12 @@ def build_progress(run: str, phase: str, state: TrainerState, manifest: dict) ->
         "examplesPerHour": round(rate * 3600, 1) if rate else None,
         "etaSeconds": round(remaining / rate, 1) if rate and remaining > 0 else (0.0 if remaining <= 0 else None),
     }
+    if live:
+        progress["live"] = live
+        if live.get("examplesPerHour") and remaining > 0:
+            progress["examplesPerHour"] = live["examplesPerHour"]
+            progress["etaSeconds"] = live["etaSeconds"]
+    return progress
 
 
 def format_progress(p: dict) -> str:
@@ -56,6 +64,13 @@ def format_progress(p: dict) -> str:
             f"  {a:<6} adapter v{p['adapterVersions'][a]:<4} pairs mined {p['pairs'][a]['mined']:<5} "
             f"trained {p['pairs'][a]['trained']:<5} steps {p['trainerSteps'][a]}{loss}"
         )
+    live = p.get("live") or {}
+    if live.get("examplesInRunningShard"):
+        tps = live.get("tokensPerSecond")
+        lines.append(
+            f"  rolled out          {live['examplesRolledOut']}/{p['examplesTotal']} "
+            f"({live['examplesInRunningShard']} in the running shard{'' if tps is None else f', {tps:.0f} tokens/s'})"
+        )
     eph, eta = p.get("examplesPerHour"), p.get("etaSeconds")
     lines.append(
         f"  elapsed {p['elapsedSeconds']:.0f}s  rate {'-' if eph is None else f'{eph:.0f} ex/h'}  "
@@ -65,13 +80,21 @@ def format_progress(p: dict) -> str:
 
 
 def publish_progress(
-    store: ObjectStore, doc, trainer: OnlineTrainer, manifest, metrics: Metrics, phase: str, *, worker_in_process: bool = True
+    store: ObjectStore,
+    doc,
+    trainer: OnlineTrainer,
+    manifest,
+    metrics: Metrics,
+    phase: str,
+    *,
+    worker_in_process: bool = True,
+    live: dict | None = None,
 ) -> dict:
     """Write progress.json from the trainer's state and bring the trainer-side metrics up to it.
     `worker_in_process`: the rollouts run on the trainer's own model (`flowdpo run`), so the worker
     serves the trainer's versions (no lag); a separate `flowdpo trainer` process leaves those to workers."""
     st = trainer.state
-    progress = build_progress(doc.name, phase, st, manifest)
+    progress = build_progress(doc.name, phase, st, manifest, live)
     store.put_json(RunLayout.progress, progress)
     run = doc.name
     metrics.set_phase(phase)

@@ -21,10 +21,10 @@ from flowdpo.models import load_base_model
 from flowdpo.prepare import ensure_spec, prepare
 from flowdpo.progress import publish_progress as _publish_progress
 from flowdpo.spec import RunDocument
-from flowdpo.storage import RunLayout, open_store
+from flowdpo.storage import open_store
 from flowdpo.train.adapters import attach_adapters
 from flowdpo.train.online import OnlineTrainer, read_pairs
-from flowdpo.worker import RolloutWorker
+from flowdpo.worker import LiveProgress, RolloutWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,55 +54,116 @@ def run_local(
     worker = RolloutWorker(backend, prompts, spec, store, doc.name)
     metrics.set_phase("Training")
 
-    bar = _progress_bar(manifest, trainer, show_progress)
+    view = _LiveView(store, doc, trainer, manifest, metrics, backend, show_progress)
+    live = LiveProgress(metrics, backend, listeners=(view.refresh,))
+    view.live = live
     done_here = 0
     for shard in range(manifest["shards"]):
         if shard in trainer.state.consumed:
             continue
         if max_shards is not None and done_here >= max_shards:
             break
-        t0, tokens0 = time.monotonic(), backend.tokens_generated
-        if worker.process_shard(shard):
-            results = store.get_jsonl(RunLayout.results(shard))
-            metrics.observe_shard(results, read_pairs(store, shard, results), backend.tokens_generated - tokens0)
+        t0 = time.monotonic()
+        view.shard_started()
+        if worker.process_shard(shard, live.example, live.step):
+            metrics.observe_shard(read_pairs(store, shard))
             metrics.shard_seconds.labels(doc.name, "rollout").observe(time.monotonic() - t0)
         t1 = time.monotonic()
         trainer.consume(shard)
         metrics.shard_seconds.labels(doc.name, "train").observe(time.monotonic() - t1)
         backend.set_versions(trainer.state.versions)
-        _publish_progress(store, doc, trainer, manifest, metrics, "Training")
+        view.shard_done()
         done_here += 1
-        _update_bar(bar, trainer, manifest)
     finished = len(trainer.state.consumed) == manifest["shards"]
     if finished:
         trainer.finish()
         backend.set_versions(trainer.state.versions)
-    progress = _publish_progress(store, doc, trainer, manifest, metrics, "Succeeded" if finished else "Training")
-    if bar is not None:
-        _update_bar(bar, trainer, manifest)
-        bar.close()
+    progress = view.publish("Succeeded" if finished else "Training")
+    view.close()
     return progress
 
 
-def _progress_bar(manifest: dict, trainer: OnlineTrainer, show: bool):
-    if not show:
-        return None
-    from tqdm import tqdm
+class _LiveView:
+    """What a person watches: the progress bar (one tick per finished example, tokens/s and an ETA from
+    this process's own rate) and progress.json (rewritten at most every `PUBLISH_SECONDS` while a shard
+    runs, and after every shard), both fed by `LiveProgress` as each example finishes."""
 
-    bar = tqdm(total=manifest["examples"], unit="ex", dynamic_ncols=True, desc="flow-dpo")
-    _update_bar(bar, trainer, manifest)
-    return bar
+    PUBLISH_SECONDS = 5.0
 
+    def __init__(self, store, doc, trainer: OnlineTrainer, manifest: dict, metrics: Metrics, backend, show: bool):
+        self.store, self.doc, self.trainer, self.manifest, self.metrics = store, doc, trainer, manifest, metrics
+        self.backend = backend
+        self.live: LiveProgress | None = None
+        self.in_shard = 0  # examples of the running shard that have finished
+        self._published = 0.0
+        self.bar = None
+        if show:
+            from tqdm import tqdm
 
-def _update_bar(bar, trainer: OnlineTrainer, manifest: dict) -> None:
-    if bar is None:
-        return
-    st = trainer.state
-    bar.n = st.examples
-    acc = st.progressive_accuracy
-    bar.set_postfix_str(
-        f"acc={'-' if acc is None else f'{acc:.3f}'} "
-        f"pairs={st.pairs_mined['answer']}a/{st.pairs_mined['stop']}s "
-        f"v={st.versions['answer']}a/{st.versions['stop']}s",
-        refresh=True,
-    )
+            self.bar = tqdm(
+                total=manifest["examples"], initial=trainer.state.examples, unit="ex", dynamic_ncols=True,
+                desc="flow-dpo", smoothing=0.0,  # ETA from the average rate since start (examples finish in bursts)
+            )
+            self._postfix()
+        self.publish("Training")
+
+    def shard_started(self) -> None:
+        self._shard_base = self.live.examples if self.live is not None else 0
+        self.in_shard = 0
+
+    def shard_done(self) -> None:
+        self.in_shard = 0
+        self.publish("Training")
+        if self.bar is not None:
+            self.bar.n = self.trainer.state.examples
+            self._postfix()
+
+    def refresh(self) -> None:
+        """After every engine step and every finished example."""
+        if self.live is not None:
+            self.in_shard = self.live.examples - self._shard_base
+        if self.bar is not None:
+            done = self.trainer.state.examples + self.in_shard
+            if done > self.bar.n:
+                self.bar.update(done - self.bar.n)
+            self._postfix()
+        if time.monotonic() - self._published >= self.PUBLISH_SECONDS:
+            self.publish("Training")
+
+    _shard_base = 0
+
+    def live_fields(self) -> dict:
+        """Rollout progress inside the running shard (progress.json's "live"): examples finished, tokens/s,
+        and examples/hour and the ETA from this process's own rate."""
+        live = self.live
+        done = self.trainer.state.examples + self.in_shard
+        out: dict = {"examplesRolledOut": done, "examplesInRunningShard": self.in_shard}
+        if live is not None and live.examples:
+            elapsed = time.monotonic() - live.started
+            rate = live.examples / elapsed
+            out["tokensPerSecond"] = round(live.tokens_per_second or 0.0, 1)
+            out["examplesPerHour"] = round(rate * 3600, 1)
+            out["etaSeconds"] = round(max(self.manifest["examples"] - done, 0) / rate, 1)
+        return out
+
+    def publish(self, phase: str) -> dict:
+        self._published = time.monotonic()
+        return _publish_progress(self.store, self.doc, self.trainer, self.manifest, self.metrics, phase, live=self.live_fields())
+
+    def _postfix(self) -> None:
+        st = self.trainer.state
+        acc = st.progressive_accuracy
+        tps = self.live.tokens_per_second if self.live is not None else None
+        self.bar.set_postfix_str(
+            f"acc={'-' if acc is None else f'{acc:.3f}'} "
+            f"pairs={st.pairs_mined['answer']}a/{st.pairs_mined['stop']}s "
+            f"v={st.versions['answer']}a/{st.versions['stop']}s "
+            f"{'-' if tps is None else f'{tps:.0f}'} tok/s",
+            refresh=True,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.trainer.state.examples
+            self._postfix()
+            self.bar.close()

@@ -6,8 +6,10 @@ mined pairs as whole objects (results/ and pairs/). The first completed result o
 from __future__ import annotations
 
 import random
+import time
 import uuid
 import zlib
+from collections.abc import Callable
 
 import torch
 
@@ -27,8 +29,9 @@ class RolloutWorker:
     def __init__(self, backend: GenerationBackend, prompts: PromptBuilder, spec: RunSpec, store: ObjectStore, run: str):
         self.backend, self.prompts, self.spec, self.store, self.run = backend, prompts, spec, store, run
 
-    def rollout_shard(self, shard: int) -> tuple[list[dict], list[dict]]:
-        """Outcomes and pairs of one shard (nothing written)."""
+    def rollout_shard(self, shard: int, on_example=None, on_step=None) -> tuple[list[dict], list[dict]]:
+        """Outcomes and pairs of one shard (nothing written). `on_example(record)` gets each example's
+        outcome record as soon as its flows have ended, `on_step()` is called after every engine step."""
         examples = read_shard(self.store, shard)
         seed = shard_seed(self.spec.seed, shard)
         rng = random.Random(seed)
@@ -42,17 +45,29 @@ class RolloutWorker:
         for i in range(0, len(examples), step):
             batch = examples[i : i + step]
             lineage = {"run": self.run, "shard": shard, "adapterVersions": self.backend.versions()}
-            for r in rollout_examples(batch, self.backend, self.prompts, self.spec.flow, rng, self.spec.baselines):
-                res, prs = mine_pairs(r, self.prompts, lineage, self.spec.training.max_pairs_per_example)
+            mined: dict[str, tuple[dict, list[dict]]] = {}
+
+            def done(r, lineage=lineage, mined=mined):
+                mined[r.example.id] = mine_pairs(r, self.prompts, lineage, self.spec.training.max_pairs_per_example)
+                if on_example is not None:
+                    on_example(*mined[r.example.id])
+
+            rs = rollout_examples(
+                batch, self.backend, self.prompts, self.spec.flow, rng, self.spec.baselines, on_done=done, on_step=on_step
+            )
+            for r in rs:  # in shard order, whatever order they finished in
+                if r.example.id not in mined:
+                    done(r)
+                res, prs = mined[r.example.id]
                 results.append(res)
                 pairs.extend(prs)
         return results, pairs
 
-    def process_shard(self, shard: int) -> bool:
+    def process_shard(self, shard: int, on_example=None, on_step=None) -> bool:
         """Roll out and write a shard. False if another attempt's result already exists."""
         if self.store.exists(RunLayout.results(shard)):
             return False
-        results, pairs = self.rollout_shard(shard)
+        results, pairs = self.rollout_shard(shard, on_example, on_step)
         # Pairs first, under this attempt's own key; then the results object, the shard's completion
         # marker, names the attempt. Pairs of attempts that lost (or died) are never read.
         attempt = uuid.uuid4().hex[:12]
@@ -60,3 +75,34 @@ class RolloutWorker:
             r["attempt"] = attempt
         self.store.create_jsonl(RunLayout.pairs(shard, attempt), pairs)
         return self.store.create_jsonl(RunLayout.results(shard), results)
+
+
+class LiveProgress:
+    """Live progress of the rollouts in this process, as each example finishes and after every engine step:
+    the worker-side metrics (examples rolled out, rollouts, tokens) and any `listeners` (a progress bar,
+    progress.json). Pass `example`/`step` to `RolloutWorker.process_shard`."""
+
+    def __init__(self, metrics, backend, listeners: tuple[Callable[[], None], ...] = ()):
+        self.metrics, self.backend, self.listeners = metrics, backend, list(listeners)
+        self._seen_tokens = getattr(backend, "tokens_generated", 0)
+        self.started = time.monotonic()
+        self.examples = 0  # examples finished in this process
+        self.tokens = 0  # tokens generated in this process
+
+    def example(self, result: dict, pairs: list[dict]) -> None:
+        self.examples += 1
+        self.metrics.observe_example(result)
+        self.step()
+
+    def step(self) -> None:
+        now = getattr(self.backend, "tokens_generated", 0)
+        self.metrics.observe_tokens(now - self._seen_tokens)
+        self.tokens += now - self._seen_tokens
+        self._seen_tokens = now
+        for listener in self.listeners:
+            listener()
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        elapsed = time.monotonic() - self.started
+        return self.tokens / elapsed if elapsed > 0 and self.tokens else None

@@ -15,16 +15,17 @@ def _free_port():
 def test_metrics_are_served_with_run_and_adapter_labels():
     m = Metrics("r1")
     m.set_phase("Training")
-    m.observe_shard(
-        [{"rollouts": 5}, {"rollouts": 2}],
-        [{"adapter": "answer"}, {"adapter": "stop"}, {"adapter": "answer"}],
-        tokens=120,
-    )
+    m.observe_example({"rollouts": 5})
+    m.observe_example({"rollouts": 2})
+    m.observe_tokens(100)
+    m.observe_tokens(20)
+    m.observe_shard([{"adapter": "answer"}, {"adapter": "stop"}, {"adapter": "answer"}])
     port = _free_port()
     m.serve(port)
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert 'flowdpo_pairs_mined_total{adapter="answer",run="r1"} 2.0' in text
     assert 'flowdpo_rollouts_total{run="r1"} 7.0' in text
+    assert 'flowdpo_examples_rolled_out_total{run="r1"} 2.0' in text
     assert 'flowdpo_tokens_generated_total{run="r1"} 120.0' in text
     assert 'flowdpo_run_phase{phase="Training",run="r1"} 1.0' in text
     assert 'flowdpo_run_phase{phase="Succeeded",run="r1"} 0.0' in text

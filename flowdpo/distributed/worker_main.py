@@ -30,7 +30,7 @@ from flowdpo.spec import RunDocument, RunSpec
 from flowdpo.storage import ObjectStore, RunLayout, open_store
 from flowdpo.storage.layout import ADAPTERS
 from flowdpo.train.online import read_pairs
-from flowdpo.worker import RolloutWorker
+from flowdpo.worker import LiveProgress, RolloutWorker
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ def run_worker(
     if backend is None and len(claims.done()) < total:
         backend, prompts = make_backend(spec, **backend_options)
     worker = RolloutWorker(backend, prompts, spec, store, run)
+    live = LiveProgress(metrics, backend)
     log.info("worker %s: %d shards, lease %.0fs, backend %s", claims.worker, total, lease_seconds, spec.rollout.backend)
     metrics.set_phase("Training")
     if hasattr(signal, "SIGTERM"):
@@ -182,8 +183,8 @@ def run_worker(
         finished = False
         try:
             with claims.heartbeat(claim):
-                t0, tokens0 = time.monotonic(), getattr(backend, "tokens_generated", 0)
-                won = worker.process_shard(claim.shard)
+                t0 = time.monotonic()
+                won = worker.process_shard(claim.shard, live.example, live.step)
                 finished = True
         except BaseException:
             log.warning("stopping: releasing shard %d", claim.shard)
@@ -193,9 +194,7 @@ def run_worker(
         if claim.lost.is_set():
             metrics.leases_lost.labels(run).inc()
         if won:
-            results = store.get_jsonl(RunLayout.results(claim.shard))
-            tokens = getattr(backend, "tokens_generated", 0) - tokens0
-            metrics.observe_shard(results, read_pairs(store, claim.shard, results), tokens)
+            metrics.observe_shard(read_pairs(store, claim.shard))
             metrics.shard_seconds.labels(run, "rollout").observe(time.monotonic() - t0)
             completed.append(claim.shard)
             log.info("shard %d: done in %.1fs", claim.shard, time.monotonic() - t0)

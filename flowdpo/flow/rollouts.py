@@ -118,10 +118,12 @@ def rollout_examples(
     rng: random.Random,
     baselines: BaselinesSpec | None = None,
     on_done: Callable[[ExampleRollouts], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[ExampleRollouts]:
     """Main chains, every node's rollout and the baselines of a batch of examples, batched across examples.
 
-    `on_done(r)` is called once per example as soon as all of its flows have ended (live progress)."""
+    `on_done(r)` is called once per example as soon as all of its flows have ended, `on_step()` after
+    every batched step (live progress)."""
     results = [ExampleRollouts(ex, main_state(ex, prompts)) for ex in examples]
     for r in results:
         if baselines and baselines.untrained_flow:
@@ -143,6 +145,8 @@ def rollout_examples(
             if on_done is not None and not reported[i] and r.main.done and r.done:
                 reported[i] = True
                 on_done(r)
+        if on_step is not None:
+            on_step()
         return [s for s in new if not s.done]
 
     run_flows([s for r in results for s in r.flows], backend, prompts, spec, rng, spawn)
