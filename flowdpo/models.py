@@ -215,15 +215,45 @@ def pick_dtype(requested: str, device: str):
     return torch.bfloat16
 
 
+def cpu_threads() -> int:
+    """Torch CPU threads for this process: FLOWDPO_TORCH_THREADS if set, else one fewer than the CPUs this
+    process may run on (at least 1).
+
+    Why not every CPU (torch's default): each parallel region waits for its slowest thread, so when another
+    process keeps one CPU busy, a thread per CPU turns every small op of a decode step into a wait for a
+    time slice. Measured on 2 CPUs with one competing CPU-bound process: a batch-16 decode step took 3.1 s
+    with 2 threads and 0.28 s with 1; on the quiet machine 2 threads were only ~9% faster for the whole
+    engine (bench/bench_engine.py measures the quickstart quiet and busy)."""
+    env = os.environ.get("FLOWDPO_TORCH_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ModelError(f"FLOWDPO_TORCH_THREADS must be a positive integer, got {env!r}") from None
+        if n < 1:
+            raise ModelError(f"FLOWDPO_TORCH_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
+
+
+def configure_cpu_threads() -> int:
+    import torch
+
+    n = cpu_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def load_base_model(spec: ModelSpec, device: str = "auto"):
     """Load (model, tokenizer) with a left-padding tokenizer that has a pad token."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    # Torch uses every core by default; on a shared machine (several workers, a vLLM server) that
-    # oversubscribes the CPU and slows everything down many times: FLOWDPO_TORCH_THREADS caps it.
-    if os.environ.get("FLOWDPO_TORCH_THREADS"):
-        torch.set_num_threads(int(os.environ["FLOWDPO_TORCH_THREADS"]))
+    configure_cpu_threads()
     path = resolve_model_path(spec)
     dev = pick_device(device)
     dtype = pick_dtype(spec.dtype, dev)
