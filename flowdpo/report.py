@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from flowdpo.stats import moving_accuracy, paired_difference, progressive_curve, wilson_interval
 from flowdpo.storage.layout import ADAPTERS, RunLayout
 from flowdpo.storage.store import ObjectStore
 
@@ -36,72 +36,6 @@ FIGURE, MARKDOWN, JSON_NAME = "progress.png", "report.md", "report.json"
 
 
 # -- pure helpers (reusable) -------------------------------------------------------------------------
-def progressive_curve(correct: list[bool]) -> list[float]:
-    """Acc_prog(N) = (1/N) * sum_{i<=N} correct_i for N = 1..len(correct)."""
-    out: list[float] = []
-    k = 0
-    for n, c in enumerate(correct, start=1):
-        k += int(bool(c))
-        out.append(k / n)
-    return out
-
-
-def moving_accuracy(correct: list[bool], window: int) -> list[float]:
-    """Trailing-window accuracy; entry i averages correct[max(0, i-window+1) : i+1]."""
-    if window < 1:
-        raise ValueError("window must be >= 1")
-    out: list[float] = []
-    k = 0
-    for i, c in enumerate(correct):
-        k += int(bool(c))
-        if i >= window:
-            k -= int(bool(correct[i - window]))
-        out.append(k / min(i + 1, window))
-    return out
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes out of n trials (95% for z=1.96). (0, 1) when n == 0."""
-    if n <= 0:
-        return (0.0, 1.0)
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    center = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
-def paired_difference(a: list[bool], b: list[bool], z: float = 1.96) -> dict[str, Any]:
-    """Mean of a_i - b_i over paired outcomes, with a normal-approximation CI and discordant counts."""
-    if len(a) != len(b):
-        raise ValueError("paired outcomes must have the same length")
-    n = len(a)
-    d = [int(x) - int(y) for x, y in zip(a, b)]
-    only_a = sum(1 for x in d if x > 0)
-    only_b = sum(1 for x in d if x < 0)
-    if n == 0:
-        return {
-            "examples": 0,
-            "difference": None,
-            "ci95": None,
-            "onlyFirstCorrect": 0,
-            "onlySecondCorrect": 0,
-        }
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    half = z * math.sqrt(var / n)
-    return {
-        "examples": n,
-        "difference": mean,
-        "ci95": [mean - half, mean + half] if n > 1 else None,
-        "onlyFirstCorrect": only_a,
-        "onlySecondCorrect": only_b,
-    }
-
-
 def _acc(k: int, n: int) -> dict[str, Any]:
     lo, hi = wilson_interval(k, n)
     return {"examples": n, "correct": k, "accuracy": k / n if n else None, "ci95": [lo, hi] if n else None}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flowdpo.report import moving_accuracy, progressive_curve, wilson_interval, write_report
+from flowdpo.report import write_report
+from flowdpo.stats import moving_accuracy, progressive_curve, wilson_interval
 from flowdpo.storage import RunLayout, open_store
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -75,7 +75,7 @@ def compare_sources(
     store: ObjectStore, judge: ChatJudge, a: str, b: str, *, limit: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
     """Judge source `a` against source `b` on their shared kept questions (both orders per question)."""
-    from flowdpo.report import wilson_interval
+    from flowdpo.stats import wilson_interval
 
     if a == b:
         raise CompileError("judge: pick two different trace sources")
