@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 PAIR_KEYS = {
     "pairId", "run", "shard", "exampleId", "node", "kind", "adapter", "chunkIndex", "adapterVersions",
-    "promptIds", "chosenIds", "rejectedIds", "chosenText", "rejectedText", "chosen", "rejected",
+    "promptIds", "scoring", "chosenIds", "rejectedIds", "chosenText", "rejectedText", "chosen", "rejected",
 }
 
 
@@ -51,6 +51,9 @@ def test_flow_mines_pairs_and_dpo_changes_only_the_trained_adapter(tiny_run_file
     model = attach_adapters(model, doc.spec.lora, seed=0)
     prompts = PromptBuilder(tok, doc.spec.flow)
     backend = TransformersBackend(model, tok, prompts.eos_ids)
+    # Both adapters train in float32 on the bf16 base (small Adam updates would round away in bf16).
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" not in n} == {torch.bfloat16}
 
     # Sample until the flow has produced pairs for the Answer adapter (temperature 1.0: a few tries at most).
     pairs, tries = [], 0
@@ -65,8 +68,9 @@ def test_flow_mines_pairs_and_dpo_changes_only_the_trained_adapter(tiny_run_file
         assert p["kind"] == p["adapter"] and p["node"] == 2 * p["chunkIndex"] + (p["kind"] == "stop")
         assert p["chosenIds"] != p["rejectedIds"] and p["chosen"]["correct"] and not p["rejected"]["correct"]
         assert p["adapterVersions"] == {"answer": 0, "stop": 0}
-        if p["kind"] == "stop":
-            assert {p["chosenIds"][0], p["rejectedIds"][0]} == {prompts.yes_id, prompts.no_id}
+        if p["kind"] == "stop":  # the two decisions' token sets, both casings
+            assert {tuple(p["chosenIds"]), tuple(p["rejectedIds"])} == {tuple(prompts.yes_ids), tuple(prompts.no_ids)}
+            assert p["scoring"] == "token-set"
         else:  # the answer prompt is the chat prompt + the partial answer before this chunk
             ex = next(e for e in examples if e.id == p["exampleId"])
             assert p["promptIds"][: len(prompts.answer_prompt(ex.question))] == prompts.answer_prompt(ex.question)

@@ -82,6 +82,47 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
     return (token_logps * comp_mask).sum(-1)
 
 
+def shared_prompt_logps(
+    model, prompts: list[list[int]], chosen: list[list[int]], rejected: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(chosen_i | prompt_i), log p(rejected_i | prompt_i)), each shape [n], computing every prompt ONCE.
+
+    A pair's two sides continue the same prompt: the prompts (left-padded) run first and their keys/values
+    (with gradients, the adapter acts on the prompt too) are shared by both continuations, which run as one
+    right-padded batch of 2n rows. Against scoring [prompt + chosen] and [prompt + rejected] as separate rows
+    this saves the prompt's compute and activations once per pair (prompts are most of a chunk pair's
+    tokens), and no row is padded to another pair's prompt length plus completion."""
+    from transformers.cache_utils import DynamicCache
+
+    from flowdpo.flow.decoding import _hf_model, lm_logits
+
+    hf = _hf_model(model)
+    n = len(prompts)
+    p_ids, p_mask, p_pos = _left_pad(prompts, pad_id, model.device)
+    cache = DynamicCache()
+    out = hf.model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, past_key_values=cache, use_cache=True)
+    last = out.last_hidden_state[:, -1:, :]  # predicts each completion's first token
+    sides = list(chosen) + list(rejected)
+    width = max(len(c) for c in sides)
+    c_ids = torch.full((2 * n, width), pad_id, dtype=torch.long)
+    c_mask = torch.zeros((2 * n, width), dtype=torch.long)
+    for i, c in enumerate(sides):
+        c_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+        c_mask[i, : len(c)] = 1
+    c_ids, c_mask = c_ids.to(model.device), c_mask.to(model.device)
+    starts = torch.tensor([len(p) for p in prompts] * 2, device=model.device)
+    c_pos = starts[:, None] + torch.arange(width, device=model.device)[None, :]
+    both = torch.arange(n, device=model.device).repeat(2)
+    cache.batch_select_indices(both)  # each prompt's keys/values for its chosen row and its rejected row
+    mask = torch.cat([p_mask.index_select(0, both), c_mask], dim=1)
+    cont = hf.model(input_ids=c_ids, attention_mask=mask, position_ids=c_pos, past_key_values=cache, use_cache=True)
+    hidden = torch.cat([last.index_select(0, both), cont.last_hidden_state[:, :-1, :]], dim=1)
+    logits = lm_logits(hf, hidden).float()
+    token_logps = selective_log_softmax(logits, c_ids) * c_mask
+    logps = token_logps.sum(-1)
+    return logps[:n], logps[n:]
+
+
 def next_token_logps(model, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
     """Log-softmax of the next token after each prompt, shape [B, vocab] (float32)."""
     from flowdpo.flow.decoding import causal_lm_logits
@@ -123,13 +164,62 @@ def pair_logps(model, pairs: list[dict], pad_id: int) -> tuple[torch.Tensor, tor
     if len(scorings) != 1:
         raise ValueError(f"a batch of pairs mixes scorings {sorted(scorings)}")
     scoring = scorings.pop()
-    n = len(pairs)
     if scoring == SEQUENCE:
-        prompts = [p["promptIds"] for p in pairs] * 2
-        sides = [p["chosenIds"] for p in pairs] + [p["rejectedIds"] for p in pairs]
-        logps = sequence_logps(model, prompts, sides, pad_id)
-        return logps[:n], logps[n:]
+        return shared_prompt_logps(
+            model, [p["promptIds"] for p in pairs], [p["chosenIds"] for p in pairs], [p["rejectedIds"] for p in pairs], pad_id
+        )
     if scoring == TOKEN_SET:
         logp = next_token_logps(model, [p["promptIds"] for p in pairs], pad_id)
         return set_logsumexp(logp, [p["chosenIds"] for p in pairs]), set_logsumexp(logp, [p["rejectedIds"] for p in pairs])
     raise ValueError(f"unknown pair scoring {scoring!r}")
+
+
+def dpo_step(model, adapter: str, pairs: list[dict], optimizer, training, pad_id: int, seed: int) -> dict:
+    """One optimizer step of `adapter` on `pairs` (micro-batched, gradient-clipped); returns its statistics
+    {loss, margin, accuracy, pairs}. `training` is a `flowdpo.spec.TrainingSpec`; `seed` fixes dropout, so a
+    step repeated after a resume computes exactly the same update. The reference is the base model
+    (adapters disabled). Leaves the model in eval mode with every parameter frozen."""
+    from flowdpo.train.adapters import activate_for_training, adapter_parameters
+
+    torch.manual_seed(seed)
+    activate_for_training(model, adapter)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    outs = []
+    try:
+        for i in range(0, len(pairs), training.micro_batch_size):
+            mb = pairs[i : i + training.micro_batch_size]
+            with torch.no_grad(), model.disable_adapter():
+                ref_chosen, ref_rejected = pair_logps(model, mb, pad_id)
+            pol_chosen, pol_rejected = pair_logps(model, mb, pad_id)
+            out = dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, training.beta)
+            (out.loss * len(mb) / len(pairs)).backward()
+            outs.append((out, len(mb)))
+        torch.nn.utils.clip_grad_norm_(adapter_parameters(model, adapter), training.grad_clip)
+        optimizer.step()
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+    total = sum(n for _, n in outs)
+    return {
+        "loss": sum(o.loss.item() * n for o, n in outs) / total,
+        "margin": sum(o.margin * n for o, n in outs) / total,
+        "accuracy": sum(o.accuracy * n for o, n in outs) / total,
+        "pairs": total,
+    }
+
+
+@torch.no_grad()
+def reward_margins(model, pairs: list[dict], pad_id: int, beta: float, batch: int = 8) -> torch.Tensor:
+    """beta * [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))] of each pair under the active adapter:
+    > 0 where the adapter prefers the chosen side more than the base model does (held-out pair accuracy)."""
+    out = []
+    for i in range(0, len(pairs), batch):
+        mb = pairs[i : i + batch]
+        with model.disable_adapter():
+            ref_c, ref_r = pair_logps(model, mb, pad_id)
+        pol_c, pol_r = pair_logps(model, mb, pad_id)
+        out.append(beta * ((pol_c - ref_c) - (pol_r - ref_r)))
+    return torch.cat(out) if out else torch.zeros(0)

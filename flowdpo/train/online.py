@@ -22,14 +22,13 @@ from flowdpo.spec import RunSpec
 from flowdpo.storage import ObjectStore, RunLayout
 from flowdpo.storage.layout import ADAPTERS
 from flowdpo.train.adapters import (
-    activate_for_training,
     adapter_files,
     adapter_parameters,
     load_adapter_weights,
     load_optimizer,
     optimizer_bytes,
 )
-from flowdpo.train.dpo import DPOOutput, dpo_loss, pair_logps
+from flowdpo.train.dpo import dpo_step
 
 log = logging.getLogger(__name__)
 
@@ -150,46 +149,20 @@ class OnlineTrainer:
                 known[(s, p["pairId"])] = p
         return [known[(s, pid)] for s, pid in refs]
 
-    def _train_step(self, adapter: str, refs: list[list], known: dict) -> DPOOutput:
+    def _train_step(self, adapter: str, refs: list[list], known: dict) -> dict:
         pairs = self._load_pairs(refs, known)
-        t = self.spec.training
-        opt = self.optimizers[adapter]
         step = self.state.steps[adapter]
         # Deterministic dropout per (seed, adapter, step): a resumed run repeats the same step exactly.
-        torch.manual_seed(self.spec.seed * 1_000_003 + ADAPTERS.index(adapter) * 100_003 + step)
-        activate_for_training(self.model, adapter)
-        self.model.train()
-        opt.zero_grad(set_to_none=True)
-        outs = []
-        pad = self.tokenizer.pad_token_id
-        for i in range(0, len(pairs), t.micro_batch_size):
-            mb = pairs[i : i + t.micro_batch_size]
-            with torch.no_grad(), self.model.disable_adapter():
-                ref_chosen, ref_rejected = pair_logps(self.model, mb, pad)
-            pol_chosen, pol_rejected = pair_logps(self.model, mb, pad)
-            n = len(mb)
-            out = dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, t.beta)
-            (out.loss * n / len(pairs)).backward()
-            outs.append((out, n))
-        torch.nn.utils.clip_grad_norm_(adapter_parameters(self.model, adapter), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        total = sum(n for _, n in outs)
-        stats = {
-            "loss": sum(o.loss.item() * n for o, n in outs) / total,
-            "margin": sum(o.margin * n for o, n in outs) / total,
-            "accuracy": sum(o.accuracy * n for o, n in outs) / total,
-            "pairs": total,
-        }
+        seed = self.spec.seed * 1_000_003 + ADAPTERS.index(adapter) * 100_003 + step
+        stats = dpo_step(
+            self.model, adapter, pairs, self.optimizers[adapter], self.spec.training, self.tokenizer.pad_token_id, seed
+        )
         self.state.steps[adapter] = step + 1
-        self.state.pairs_trained[adapter] += total
+        self.state.pairs_trained[adapter] += stats["pairs"]
         self.state.last[adapter] = stats
         self._stepped.add(adapter)
         log.info("dpo step %s#%d: loss %.4f margin %.4f", adapter, step + 1, stats["loss"], stats["margin"])
-        return outs[-1][0]
+        return stats
 
     def _next_version(self, adapter: str) -> int:
         existing = self.store.list(RunLayout.adapter_versions_prefix(adapter))
