@@ -24,7 +24,7 @@ from flowdpo.spec import RunDocument
 from flowdpo.storage import open_store
 from flowdpo.train.adapters import attach_adapters
 from flowdpo.train.online import OnlineTrainer, read_pairs
-from flowdpo.worker import LiveProgress, RolloutWorker
+from flowdpo.worker import LiveProgress, RolloutWorker, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,18 @@ def run_local(
             break
         t0 = time.monotonic()
         view.shard_started()
-        if worker.process_shard(shard, live.example, live.step):
+        live.begin_shard()
+        won = worker.process_shard(shard, live.example, live.step)
+        live.end_shard()
+        if won:
             metrics.observe_shard(read_pairs(store, shard))
             metrics.shard_seconds.labels(doc.name, "rollout").observe(time.monotonic() - t0)
+        release_free_memory()  # what the rollouts freed goes back to the system before training
         t1 = time.monotonic()
         trainer.consume(shard)
         metrics.shard_seconds.labels(doc.name, "train").observe(time.monotonic() - t1)
         backend.set_versions(trainer.state.versions)
+        release_free_memory()
         view.shard_done()
         done_here += 1
     finished = len(trainer.state.consumed) == manifest["shards"]

@@ -61,6 +61,8 @@ class RolloutWorker:
                 res, prs = mined[r.example.id]
                 results.append(res)
                 pairs.extend(prs)
+        if reset is not None:
+            reset()  # the cached keys/values are of no use to the next shard: free them for training
         return results, pairs
 
     def process_shard(self, shard: int, on_example=None, on_step=None) -> bool:
@@ -88,6 +90,16 @@ class LiveProgress:
         self.started = time.monotonic()
         self.examples = 0  # examples finished in this process
         self.tokens = 0  # tokens generated in this process
+        self.rollout_seconds = 0.0  # time spent rolling out shards (not loading, training or waiting)
+        self._shard_started: float | None = None
+
+    def begin_shard(self) -> None:
+        self._shard_started = time.monotonic()
+
+    def end_shard(self) -> None:
+        if self._shard_started is not None:
+            self.rollout_seconds += time.monotonic() - self._shard_started
+            self._shard_started = None
 
     def example(self, result: dict, pairs: list[dict]) -> None:
         self.examples += 1
@@ -104,5 +116,19 @@ class LiveProgress:
 
     @property
     def tokens_per_second(self) -> float | None:
-        elapsed = time.monotonic() - self.started
-        return self.tokens / elapsed if elapsed > 0 and self.tokens else None
+        """Generated tokens per second of rollout time (model loading and training excluded)."""
+        busy = self.rollout_seconds
+        if self._shard_started is not None:
+            busy += time.monotonic() - self._shard_started
+        return self.tokens / busy if busy > 0 and self.tokens else None
+
+
+def release_free_memory() -> None:
+    """Hand memory the allocator holds but no longer uses back to the system (glibc's malloc_trim), so the
+    rollouts' freed buffers and the training step's do not add up in the process's resident set."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass

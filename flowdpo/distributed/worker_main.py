@@ -184,7 +184,9 @@ def run_worker(
         try:
             with claims.heartbeat(claim):
                 t0 = time.monotonic()
+                live.begin_shard()
                 won = worker.process_shard(claim.shard, live.example, live.step)
+                live.end_shard()
                 finished = True
         except BaseException:
             log.warning("stopping: releasing shard %d", claim.shard)

@@ -31,6 +31,7 @@ protocol promises.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,8 +42,9 @@ ATTN_IMPLEMENTATION = "flowdpo_gqa"
 # A batch's KV buffer holds at most this many token positions (rows x length), bounding its memory:
 # 16k positions of SmolLM2-135M are ~370 MB in bf16.
 DEFAULT_MAX_BATCH_POSITIONS = 16384
-# The prefix cache keeps at most this many bytes of keys/values per backend.
-DEFAULT_CACHE_BYTES = 768 * 2**20
+# The prefix cache keeps at most this many bytes of keys/values per backend (FLOWDPO_KV_CACHE_MB):
+# 512 MiB hold ~22k tokens of SmolLM2-135M, more than one shard of the quickstart needs at once.
+DEFAULT_CACHE_BYTES = 512 * 2**20
 
 
 # -- attention ------------------------------------------------------------------------------------------
@@ -147,6 +149,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> tor
 # -- prefix cache -----------------------------------------------------------------------------------------
 @dataclass
 class _Entry:
+    mode: object
     tokens: list[int]
     kv: torch.Tensor  # [L, 2, Hkv, n, d]
     keys: list[int]  # prefix hashes registered for this entry
@@ -156,8 +159,8 @@ class _Entry:
         return self.kv.numel() * self.kv.element_size()
 
 
-def _prefix_hashes(tokens: list[int]) -> list[int]:
-    out, h = [], 0
+def _prefix_hashes(tokens: list[int], mode: object = None) -> list[int]:
+    out, h = [], hash(mode)
     for t in tokens:
         h = hash((h, t))
         out.append(h)
@@ -165,11 +168,12 @@ def _prefix_hashes(tokens: list[int]) -> list[int]:
 
 
 class PrefixCache:
-    """Keys/values of token sequences already fed to the model under one set of weights.
+    """Keys/values of token sequences already fed to the model, per mode (the weights they were computed
+    with: base model, or an adapter at a version), in one byte budget.
 
-    `lookup(tokens)` finds the longest cached prefix of `tokens` (any prefix of any entry counts);
-    `insert` stores a sequence's keys/values and drops entries it extends. Entries leave least recently
-    used first once `max_bytes` is exceeded."""
+    `lookup(tokens, mode)` finds the longest cached prefix of `tokens` under `mode` (any prefix of any entry
+    counts); `insert` stores a sequence's keys/values and drops entries it extends. Entries leave least
+    recently used first once `max_bytes` is exceeded; `drop(mode)` forgets a mode whose weights changed."""
 
     def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
         self.max_bytes = max_bytes
@@ -183,40 +187,45 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, tokens: list[int]) -> tuple[_Entry | None, int]:
-        hashes = _prefix_hashes(tokens)
+    def lookup(self, tokens: list[int], mode: object = None) -> tuple[_Entry | None, int]:
+        hashes = _prefix_hashes(tokens, mode)
         for n in range(len(tokens), 0, -1):
             hit = self._index.get(hashes[n - 1])
             if hit is None:
                 continue
             eid, length = hit
             entry = self._entries.get(eid)
-            if entry is None or length != n or entry.tokens[:n] != tokens[:n]:
+            if entry is None or length != n or entry.mode != mode or entry.tokens[:n] != tokens[:n]:
                 continue
             self._entries.move_to_end(eid)
             return entry, n
         return None, 0
 
-    def insert(self, tokens: list[int], kv: torch.Tensor) -> None:
+    def insert(self, tokens: list[int], kv: torch.Tensor, mode: object = None) -> None:
         if not tokens or kv.numel() * kv.element_size() > self.max_bytes:
             return
-        hashes = _prefix_hashes(tokens)
+        hashes = _prefix_hashes(tokens, mode)
         # An entry that is a prefix of this one is now redundant.
         for n in range(len(tokens), 0, -1):
             hit = self._index.get(hashes[n - 1])
             if hit is not None and hit[1] == n:
                 old = self._entries.get(hit[0])
-                if old is not None and len(old.tokens) == n and old.tokens == tokens[:n]:
+                if old is not None and old.mode == mode and len(old.tokens) == n and old.tokens == tokens[:n]:
                     self._drop(hit[0])
         eid = self._next_id
         self._next_id += 1
-        entry = _Entry(list(tokens), kv, hashes)
+        entry = _Entry(mode, list(tokens), kv, hashes)
         self._entries[eid] = entry
         for n, h in enumerate(hashes, start=1):
             self._index[h] = (eid, n)
         self.bytes += entry.nbytes
         while self.bytes > self.max_bytes and len(self._entries) > 1:
             self._drop(next(iter(self._entries)))
+
+    def drop(self, predicate) -> None:
+        """Forget every entry whose mode satisfies `predicate(mode)`."""
+        for eid in [eid for eid, e in self._entries.items() if predicate(e.mode)]:
+            self._drop(eid)
 
     def _drop(self, eid: int) -> None:
         entry = self._entries.pop(eid)
@@ -255,7 +264,8 @@ class RowAdapters:
             out: list[tuple[torch.Tensor, torch.Tensor] | None] = []
             with torch.no_grad():
                 for layer in self.layers:
-                    if adapter not in layer.lora_A:
+                    # No LoRA on this layer, or LoRA B still all zero (an untrained adapter): nothing to add.
+                    if adapter not in layer.lora_A or not layer.lora_B[adapter].weight.any():
                         out.append(None)
                         continue
                     dtype = layer.base_layer.weight.dtype
@@ -267,7 +277,7 @@ class RowAdapters:
                         .contiguous()
                     )
                     out.append((a_t, b_t))
-            if all(w is None for w in out):
+            if not any(adapter in layer.lora_A for layer in self.layers):
                 raise KeyError(f"the model has no LoRA adapter named {adapter!r}")
             self._weights[adapter] = out
         return self._weights[adapter]
@@ -382,7 +392,7 @@ class Decoder:
         *,
         max_batch: int = 64,
         max_batch_positions: int = DEFAULT_MAX_BATCH_POSITIONS,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_bytes: int | None = None,
     ):
         self.model = model
         self.hf = _hf_model(model)
@@ -392,13 +402,15 @@ class Decoder:
         self.pad_id = pad_id
         self.max_batch = max_batch
         self.max_batch_positions = max_batch_positions
+        if cache_bytes is None:
+            cache_bytes = int(float(os.environ.get("FLOWDPO_KV_CACHE_MB", DEFAULT_CACHE_BYTES / 2**20)) * 2**20)
         self.cache_bytes = cache_bytes
         cfg = self.hf.config
         self.n_layers = cfg.num_hidden_layers
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.adapters = RowAdapters(model)
-        self._caches: dict[tuple[str | None, int], PrefixCache] = {}
+        self.cache = PrefixCache(cache_bytes)
         self._layer_cls = _buffer_layer_class()
         self.tokens_generated = 0
         self.stats = {
@@ -412,23 +424,14 @@ class Decoder:
         register_attention()
 
     # -- caches --------------------------------------------------------------------------------------
-    def cache(self, mode: tuple[str | None, int]) -> PrefixCache:
-        if mode not in self._caches:
-            for old in [k for k in self._caches if k[0] == mode[0]]:
-                del self._caches[old]
-            self._caches[mode] = PrefixCache(self.cache_bytes)
-        return self._caches[mode]
-
     def invalidate(self, adapter: str | None = None) -> None:
         """The weights of `adapter` (None: of every adapter) changed: drop their copies and cached keys."""
         self.adapters.invalidate(adapter)
-        for k in [k for k in self._caches if adapter is None or k[0] == adapter]:
-            del self._caches[k]
+        self.cache.drop(lambda mode: mode[0] is not None and (adapter is None or mode[0] == adapter))
 
     def reset(self) -> None:
         """Forget cached keys/values: the next calls compute exactly as from a cold start."""
-        for c in self._caches.values():
-            c.clear()
+        self.cache.clear()
 
     # -- public calls --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -478,7 +481,7 @@ class Decoder:
         for i, (ctx, mode) in enumerate(zip(contexts, modes)):
             if not ctx:
                 raise ValueError("cannot continue an empty context")
-            entry, n = self.cache(mode).lookup(ctx)
+            entry, n = self.cache.lookup(ctx, mode)
             n = min(n, len(ctx) - 1)  # the last context token is always fed: its logits are needed
             rows.append(_Row(i, list(ctx), mode, n, entry if n > 0 else None, []))
         # Rows of one mode together (few adapter groups per forward), then similar suffix lengths (prefill
@@ -523,9 +526,8 @@ class Decoder:
             last_pos[i] = len(r.context) - 1
             self.stats["cached_tokens"] += r.cached
             self.stats["prefill_tokens"] += r.suffix
-            cache = self.cache(r.mode)
-            cache.hit_tokens += r.cached
-            cache.miss_tokens += r.suffix
+            self.cache.hit_tokens += r.cached
+            self.cache.miss_tokens += r.suffix
 
         # Prefill the new suffixes, in groups of one mode and similar length.
         logits = torch.empty((b, self.hf.config.vocab_size), dtype=torch.float32, device=dev)
@@ -611,7 +613,7 @@ class Decoder:
         if idx.numel() != fed:  # pragma: no cover - a bookkeeping bug; never cache wrong keys
             raise AssertionError(f"KV buffer row holds {idx.numel()} tokens, expected {fed}")
         kv = buf[:, :, j].index_select(3, idx)
-        self.cache(r.mode).insert((r.context + r.generated)[:fed], kv)
+        self.cache.insert((r.context + r.generated)[:fed], kv, r.mode)
 
 
 def _groups(keys: list[tuple[object, int]]):
