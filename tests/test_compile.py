@@ -367,8 +367,14 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     assert main(["eval", str(run_file), "--no-progress"]) == 0
     table = store.get_json(RunLayout.eval_table_json)
     assert [r["row"] for r in table["rows"]] == (
-        ["zero-shot"] + [f"sft-{s}" for s in COMPILE_SOURCES] + ["flow-trained", "flow-untrained"]
+        ["zero-shot"] + [f"sft-{s}" for s in COMPILE_SOURCES] + ["flow-trained", "flow-untrained", "zero-shot-sampled"]
     )
+    # Rows compared with each other decode alike: the flow rows and the sampled 0-shot row use the flow's
+    # sampling and budget; the compile table's 0-shot and SFT rows use compile.evaluation's settings.
+    decoding = {r["row"]: r["decoding"] for r in table["rows"]}
+    assert decoding["flow-untrained"] == decoding["zero-shot-sampled"] == decoding["flow-trained"]
+    assert decoding["zero-shot-sampled"]["temperature"] > 0 and decoding["zero-shot"]["temperature"] == 0
+    assert decoding["zero-shot"] == decoding["sft-flow-generated"]
     # The flow rows answered with the flow itself: chunks and an end reason per question.
     flow_rows = store.get_jsonl(RunLayout.eval_outcomes("flow-trained", "heldout"))
     assert flow_rows and all(r["chunks"] >= 1 and r["endReason"] for r in flow_rows)

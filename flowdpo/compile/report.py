@@ -22,7 +22,7 @@ FLOW_ROW = "sft-flow-generated"
 
 def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
     """The compile section of report.json, or None when the run has not been evaluated (`flowdpo eval`)."""
-    from flowdpo.report import paired_difference
+    from flowdpo.stats import paired_difference
 
     table = store.get_json_or(RunLayout.eval_table_json)
     if table is None:
@@ -32,15 +32,24 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
         for s in table["sets"]:
             key = RunLayout.eval_outcomes(row["row"], s["id"])
             if store.exists(key):
-                outcomes[(row["row"], s["id"])] = {r["question"]: bool(r["correct"]) for r in store.get_jsonl(key)}
+                outcomes[(row["row"], s["id"])] = {
+                    r["question"]: bool(r["correct"]) for r in store.get_jsonl(key)
+                }
     rows = {r["row"]: r for r in table["rows"]}
     pairs_to_compare = (
-        [(FLOW_ROW, other) for other in rows if other != FLOW_ROW and not other.startswith("flow-")]
+        [
+            (FLOW_ROW, other)
+            for other in rows
+            if other != FLOW_ROW and not other.startswith("flow-") and other != "zero-shot-sampled"
+        ]
         if FLOW_ROW in rows
         else []
     )
     if "flow-trained" in rows and "flow-untrained" in rows:
         pairs_to_compare.append(("flow-trained", "flow-untrained"))
+    for flow_row in ("flow-trained", "flow-untrained"):  # the flow against one pass decoded the same way
+        if flow_row in rows and "zero-shot-sampled" in rows:
+            pairs_to_compare.append((flow_row, "zero-shot-sampled"))
     comparisons = []
     for first, second in pairs_to_compare:
         for s in table["sets"]:
@@ -50,8 +59,14 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
             common = sorted(set(a) & set(b))
             d = paired_difference([a[q] for q in common], [b[q] for q in common])
             comparisons.append(
-                {"set": s["id"], "first": first, "firstLabel": rows[first]["label"], "second": second,
-                 "secondLabel": rows[second]["label"], **d}
+                {
+                    "set": s["id"],
+                    "first": first,
+                    "firstLabel": rows[first]["label"],
+                    "second": second,
+                    "secondLabel": rows[second]["label"],
+                    **d,
+                }
             )
     manifest = store.get_json_or(RunLayout.compile_manifest) or {}
     sources = {
@@ -107,7 +122,10 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
     lines[-1] += "; evaluation questions are disjoint from training and compile questions (checked)."
     lines += ["", *markdown_table(sets, c["rows"], _cell_text)]
     if c["traceSources"]:
-        lines += ["", "| trace source | compile questions solved | correct attempts | SFT steps | final train loss |"]
+        lines += [
+            "",
+            "| trace source | compile questions solved | correct attempts | SFT steps | final train loss |",
+        ]
         lines.append("|---|---|---|---|---|")
         for name, st in c["traceSources"].items():
             lg = c["sft"].get(f"sft-{name}", {})
@@ -161,7 +179,14 @@ def render_compile_figure(c: dict[str, Any], run: str) -> bytes:
         ax.bar_label(bars, labels=[f"{100 * y:.1f}" for y in ys], fontsize=7, padding=2)
     ax.set_xticks(range(len(sets)), [f"{s['title']}\n(n={s['questions']})" for s in sets])
     ax.set_ylabel("accuracy (95% Wilson CI)")
-    ax.set_ylim(0, min(1.0, max([0.1] + [r["ci95"][1] for row in rows for r in row["results"].values() if r.get("ci95")]) + 0.08))
+    ax.set_ylim(
+        0,
+        min(
+            1.0,
+            max([0.1] + [r["ci95"][1] for row in rows for r in row["results"].values() if r.get("ci95")])
+            + 0.08,
+        ),
+    )
     ax.set_title(f"{run}: compile table ({c['tracesPerSource']} traces per source)", fontsize=11)
     ax.grid(True, axis="y", alpha=0.25)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
