@@ -5,6 +5,7 @@
     flowdpo report RUN.yaml|DIR|URI      progressive-accuracy figure + markdown summary
     flowdpo prepare RUN.yaml      write example shards to the run's storage (cluster: the prepare step)
     flowdpo validate RUN.yaml     check a run file and print the resolved spec
+    flowdpo signal [RUN.yaml]     before training: do the pairs carry a learnable signal? (+ answer lengths)
     flowdpo worker RUN.yaml       rollout worker over the run's object store (cluster; see flowdpo/distributed)
     flowdpo trainer RUN.yaml      trainer service over the run's object store (cluster)
     flowdpo compile RUN.yaml      after training: traces (flow, base model, ground truth) + SFT per source
@@ -108,6 +109,38 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_signal(args) -> int:
+    from flowdpo.signal_check import SignalSettings, render_markdown, run_signal, write_outputs
+
+    doc = _load(args.file)
+    if args.storage:
+        doc.spec.storage.uri = _storage_arg(args.storage)
+    try:
+        settings = SignalSettings(
+            questions=args.questions,
+            learning_rates=args.lr or None,
+            epochs=args.epochs,
+            holdout=args.holdout,
+            length_questions=args.length_questions,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = run_signal(doc, settings, show_progress=not args.no_progress)
+    out = Path(args.out) if args.out else _local_run_dir(doc) / "signal"
+    paths = write_outputs(report, out)
+    print(render_markdown(report))
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _local_run_dir(doc) -> Path:
+    uri = doc.storage_uri()
+    return Path(uri[len("file://") :]) if uri.startswith("file://") else Path(".") / f"{doc.name}-local"
+
+
 def cmd_validate(args) -> int:
     doc = _load(args.file)
     print(doc.to_yaml(), end="")
@@ -144,6 +177,24 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a run file and print the resolved spec")
     v.add_argument("file", help="FlowDPORun YAML")
     v.set_defaults(func=cmd_validate)
+
+    sg = sub.add_parser(
+        "signal",
+        help="before training: do this run's DPO pairs carry a learnable signal? (mine once, offline DPO, held-out pair accuracy)",
+    )
+    sg.add_argument("file", nargs="?", help="FlowDPORun YAML (default: the embedded quickstart)")
+    sg.add_argument("--questions", type=int, default=64, help="questions to mine pairs from (default 64)")
+    sg.add_argument(
+        "--lr", type=float, action="append", help="learning rate to try (repeat; default: the run's x 1/3, 1, 3)"
+    )
+    sg.add_argument("--epochs", type=int, default=3, help="passes over the training pairs (default 3)")
+    sg.add_argument("--holdout", type=float, default=0.2, help="share of questions held out (default 0.2)")
+    sg.add_argument("--length-questions", type=int, default=64, help="one-pass answers for the length check")
+    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
+    sg.add_argument("--out", help="local folder for signal.json/.md/.png (default: <run folder>/signal)")
+    sg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sg.set_defaults(func=cmd_signal)
 
     from flowdpo.distributed.cli import add_subparsers as add_distributed_subparsers
 

@@ -40,11 +40,15 @@ def load_examples(
     return load_source_examples(spec, limit=limit, offset=offset)
 
 
-def load_heldout_examples(spec: DataSpec, n: int) -> list[Example]:
+def load_heldout_examples(
+    spec: DataSpec, n: int, stream: str = "heldout", exclude: frozenset[str] | set[str] = frozenset()
+) -> list[Example]:
     """n evaluation examples disjoint from the training data.
 
-    reasoning-gym: separate seed streams, filtered so that no question text occurs in
-    load_examples(spec). Hub/file sources: the "test" split (a ValueError says why when there is none).
+    reasoning-gym: separate seed streams (one set per `stream` name: "heldout" for evaluation, "signal" for
+    the signal check), filtered so that no question text occurs in load_examples(spec) or `exclude`.
+    Hub/file sources: the "test" split (a ValueError says why when there is none); `stream` and `exclude`
+    apply to procedural tasks only.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0 (got {n})")
@@ -53,7 +57,7 @@ def load_heldout_examples(spec: DataSpec, n: int) -> list[Example]:
     if spec.source == "reasoning-gym":
         from flowdpo.data.tasks import load_task_heldout
 
-        return load_task_heldout(spec, n)
+        return load_task_heldout(spec, n, stream, exclude)
     from flowdpo.data.sources import load_source_heldout
 
     return load_source_heldout(spec, n)

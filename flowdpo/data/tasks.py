@@ -234,15 +234,18 @@ def load_task_examples(spec: DataSpec, limit: int, offset: int = 0) -> tuple[lis
     return out, report
 
 
-def load_task_heldout(spec: DataSpec, n: int) -> list[Example]:
-    """n examples from separate seed streams whose questions never occur in `load_examples(spec)`.
+def load_task_heldout(
+    spec: DataSpec, n: int, stream: str = "heldout", exclude: frozenset[str] | set[str] = frozenset()
+) -> list[Example]:
+    """n examples from separate seed streams (named `stream`) whose questions never occur in
+    `load_examples(spec)` nor in `exclude`.
 
     Tasks whose question space is used up (every unseen question found) drop out of the mix and the
     others fill their share; a ValueError says so when no task has unseen questions left.
     """
     train, _ = load_task_examples(spec, spec.num_examples)
-    seen = {ex.question for ex in train}
-    streams = [_Stream(spec, i, "heldout", n) for i in range(len(spec.tasks))]
+    seen = {ex.question for ex in train} | set(exclude)
+    streams = [_Stream(spec, i, stream, n) for i in range(len(spec.tasks))]
     weights = [task.weight for task in spec.tasks]
     current = [0.0] * len(streams)
     active = set(range(len(streams)))

@@ -25,6 +25,10 @@ compile/sft/<source>.json          its training log (hyperparameters, steps, los
 compile/judge/<a>__vs__<b>.json    pairwise judge verdicts and win rates of two sources (flowdpo judge)
 eval/outcomes/<row>/<set>.jsonl    per-question outcomes of one table row on one eval set (flowdpo eval)
 eval/table.json, eval/table.md     the compile table: accuracy, 95% Wilson CI and n per row and eval set
+signal/<key>/lengths.json          natural answer lengths of the base model (flowdpo signal; <key>: its settings)
+signal/<key>/mined/batch-000003.jsonl  outcomes and pairs the untrained flow mined from one batch of questions
+signal/<key>/fits/<adapter>-lr<lr>.json  offline DPO on 80% of the pairs: held-out pair accuracy per epoch
+signal/<key>/report.json           the signal check's summary (flowdpo signal)
 ```
 <source> is one of COMPILE_SOURCES (ground-truth, self-generated, flow-generated); <row> is zero-shot or
 sft-<source>.
@@ -186,3 +190,28 @@ class RunLayout:
             if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", part):
                 raise ValueError(f"not a valid eval row / set id: {part!r}")
         return f"eval/outcomes/{row}/{set_id}.jsonl"
+
+    # -- the signal check (flowdpo signal) ------------------------------------------------------------
+    @staticmethod
+    def _signal_key(key: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", key):
+            raise ValueError(f"not a valid signal-check key: {key!r}")
+        return f"signal/{key}"
+
+    @classmethod
+    def signal_lengths(cls, key: str) -> str:
+        return f"{cls._signal_key(key)}/lengths.json"
+
+    @classmethod
+    def signal_mined(cls, key: str, batch: int) -> str:
+        return f"{cls._signal_key(key)}/mined/batch-{batch:06d}.jsonl"
+
+    @classmethod
+    def signal_fit(cls, key: str, adapter: str, lr: float) -> str:
+        if adapter not in ADAPTERS:
+            raise ValueError(f"unknown adapter {adapter!r}")
+        return f"{cls._signal_key(key)}/fits/{adapter}-lr{lr:.3g}.json"
+
+    @classmethod
+    def signal_report(cls, key: str) -> str:
+        return f"{cls._signal_key(key)}/report.json"
