@@ -17,7 +17,7 @@ def test_validate_prints_the_resolved_quickstart(capsys, monkeypatch, tmp_path):
 
     assert main(["validate", str(quickstart_path())]) == 0
     out = capsys.readouterr().out
-    assert "kind: FlowDPORun" in out and "chunkTokens: 24" in out
+    assert "kind: FlowDPORun" in out and "chunkTokens: 64" in out
 
 
 def test_status_and_report_of_a_missing_folder_create_nothing(tmp_path, capsys):
