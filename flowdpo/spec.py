@@ -107,6 +107,11 @@ class TrainingSpec(_Model):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     train_answer: bool = Field(True, description="Train the Answer adapter.")
     train_stop: bool = Field(True, description="Train the Stop adapter.")
+    shuffle_preferences: bool = Field(
+        False,
+        description="Control experiments only: train each pair with chosen and rejected swapped with probability "
+        "1/2 (seeded by pair), which destroys the preference signal while keeping everything else equal.",
+    )
     max_pairs_per_example: int | None = Field(
         None, ge=1, description="Cap on pairs kept per example and adapter (None = all)."
     )
@@ -282,6 +287,14 @@ class EvaluationSpec(_Model):
         description="Also evaluate the flows themselves on the eval sets: the trained flow (final Answer and Stop "
         "adapters) and the untrained flow, with the flow's sampling settings — a held-out trained-vs-untrained "
         "comparison next to progressive accuracy.",
+    )
+    flow_samples: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Answers per question for the flow rows and the 0-shot row sampled like them: every flow "
+        "answers each question this many times, starting from the same sampling seed; the report compares them "
+        "with a paired bootstrap clustered by question.",
     )
 
     @field_validator("sets")

@@ -280,6 +280,7 @@ spec:
       maxNewTokens: 10
       batchSize: 16
       flowRows: true
+      flowSamples: 2
       sets:
         - {{name: heldout, numQuestions: 6}}
         - {{name: gsm8k, path: {fixture}, numQuestions: 3}}
@@ -375,15 +376,31 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     assert decoding["flow-untrained"] == decoding["zero-shot-sampled"] == decoding["flow-trained"]
     assert decoding["zero-shot-sampled"]["temperature"] > 0 and decoding["zero-shot"]["temperature"] == 0
     assert decoding["zero-shot"] == decoding["sft-flow-generated"]
-    # The flow rows answered with the flow itself: chunks and an end reason per question.
+    # The flow rows answered with the flow itself: chunks and an end reason per answer, 2 answers per question.
     flow_rows = store.get_jsonl(RunLayout.eval_outcomes("flow-trained", "heldout"))
     assert flow_rows and all(r["chunks"] >= 1 and r["endReason"] for r in flow_rows)
+    assert [r["sample"] for r in flow_rows] == [0, 1] * 6
+    sampled = {r["row"]: r["results"]["heldout"] for r in table["rows"]}
+    assert sampled["flow-untrained"]["examples"] == sampled["zero-shot-sampled"]["examples"] == 12
+    assert sampled["zero-shot"]["examples"] == 6
+    # The Stop decision's discrimination, untrained vs trained, on the untrained flow's partial answers.
+    stop = table["stopDiscrimination"]
+    partials = sum(len(r["partials"]) for s in ("heldout", "gsm8k-test")
+                   for r in store.get_jsonl(RunLayout.eval_outcomes("flow-untrained", s)))
+    assert stop["partials"] == partials and set(stop) >= {"untrained", "trained"}
+    # The report compares flow rows with several samples per question by a bootstrap clustered by question.
+    from flowdpo.compile.report import collect_compile
+
+    comparisons = collect_compile(store)["pairedVsFlow"]
+    flow_vs = [c for c in comparisons if c["first"] == "flow-trained" and c["second"] == "flow-untrained"]
+    assert flow_vs and all(c["method"] == "paired bootstrap clustered by question" for c in flow_vs)
+    assert any(c["second"] == "zero-shot-sampled" for c in comparisons)
     assert [s["id"] for s in table["sets"]] == ["heldout", "gsm8k-test"]
     assert [s["questions"] for s in table["sets"]] == [6, 3]
     for row in table["rows"]:
         for s in table["sets"]:
             c = row["results"][s["id"]]
-            assert c["examples"] == s["questions"] and len(c["ci95"]) == 2
+            assert c["examples"] == s["questions"] * c.get("samplesPerQuestion", 1) and len(c["ci95"]) == 2
     md = store.get(RunLayout.eval_table_md).decode()
     assert all(label in md for label in ROW_LABELS.values()) and "(n=6)" in md
     # A rerun (e.g. after an interruption) reuses every stored row: no model is loaded, the table is the same.
@@ -408,5 +425,5 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     for row in table["rows"]:
         for s in table["sets"]:
             evaluated = store.get_jsonl(RunLayout.eval_outcomes(row["row"], s["id"]))
-            assert len(evaluated) == s["questions"]
+            assert len(evaluated) == s["questions"] * row["results"][s["id"]].get("samplesPerQuestion", 1)
             assert not {normalize_question(r["question"]) for r in evaluated} & used

@@ -224,11 +224,26 @@ def answer_questions(
     return rows
 
 
-def cell(rows: Sequence[dict]) -> dict[str, Any]:
+def cell(rows: Sequence[dict], samples: int = 1) -> dict[str, Any]:
+    """Accuracy over every answer of a row on a set. With several samples per question the Wilson interval
+    treats answers as independent (optimistic); compare rows with the clustered bootstrap of the report."""
     n = len(rows)
     k = sum(1 for r in rows if r["correct"])
     lo, hi = wilson_interval(k, n)
-    return {"examples": n, "correct": k, "accuracy": k / n if n else None, "ci95": [lo, hi] if n else None}
+    out = {"examples": n, "correct": k, "accuracy": k / n if n else None, "ci95": [lo, hi] if n else None}
+    if samples > 1:
+        out["samplesPerQuestion"] = samples
+        out["questions"] = n // samples
+    return out
+
+
+def samples_per_question(doc: RunDocument, row: str) -> int:
+    """compile.evaluation.flowSamples for the flow rows and the 0-shot row sampled like them, else 1."""
+    return (
+        doc.spec.compile.evaluation.flow_samples
+        if row in (FLOW_TRAINED, FLOW_UNTRAINED, ZERO_SHOT_SAMPLED)
+        else 1
+    )
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -325,6 +340,8 @@ def _row_fingerprint(doc: RunDocument, store: ObjectStore, row: str, max_new: in
         payload["flow"] = flow
     if row == ZERO_SHOT_SAMPLED:
         payload["decoding"] = row_decoding(doc, row)
+    if samples_per_question(doc, row) > 1:
+        payload["samples"] = samples_per_question(doc, row)
     return fingerprint(payload)
 
 
@@ -350,9 +367,19 @@ def load_flow_model(doc: RunDocument, store: ObjectStore):
     return backend, prompts
 
 
-def answer_with_flow(backend, prompts, spec, examples: Sequence[Example], trained: bool) -> list[dict]:
-    """Each question answered once by the flow (Answer chunks + Stop decisions, the flow's sampling settings);
-    trained=False: the untrained flow (base model in both roles)."""
+def answer_with_flow(
+    backend,
+    prompts,
+    spec,
+    examples: Sequence[Example],
+    trained: bool,
+    samples: int = 1,
+    batch_questions: int = 64,
+) -> list[dict]:
+    """Each question answered `samples` times by the flow (Answer chunks + Stop decisions, the flow's sampling
+    settings), in blocks of `batch_questions` questions; trained=False: the untrained flow (base model in both
+    roles). Every call starts from the same seeds, so two flows see the same random stream as far as their
+    batches agree. Each record carries its sample index, the Stop probabilities and the partial answers' end."""
     import random
 
     import torch
@@ -361,24 +388,78 @@ def answer_with_flow(backend, prompts, spec, examples: Sequence[Example], traine
     from flowdpo.flow.rollouts import final_text, main_state
 
     torch.manual_seed(spec.seed)
-    states = [main_state(ex, prompts, use_adapters=trained) for ex in examples]
-    run_flows(states, backend, prompts, spec.flow, random.Random(spec.seed))
-    return [
-        graded_outcome(ex, final_text(st, prompts), chunks=len(st.chunks), endReason=st.end_reason)
-        for ex, st in zip(examples, states)
+    rng = random.Random(spec.seed)
+    out: list[dict] = []
+    for start in range(0, len(examples), batch_questions):
+        block = examples[start : start + batch_questions]
+        states = [main_state(ex, prompts, use_adapters=trained) for ex in block for _ in range(samples)]
+        backend.reset()
+        run_flows(states, backend, prompts, spec.flow, rng)
+        for i, st in enumerate(states):
+            ex = block[i // samples]
+            out.append(
+                graded_outcome(
+                    ex,
+                    final_text(st, prompts),
+                    sample=i % samples,
+                    chunks=len(st.chunks),
+                    endReason=st.end_reason,
+                    pStop=[round(p, 4) for p in st.p_stop],
+                    tokens=st.tokens,
+                    partials=[
+                        prompts.decode(st.partial_ids(prompts.eos_ids, upto=k + 1))
+                        for k in range(len(st.decisions))
+                    ],
+                )
+            )
+    return out
+
+
+def stop_discrimination(backend, prompts, spec, outcomes: Sequence[dict]) -> dict[str, Any]:
+    """How well the Stop decision separates partial answers that are already right from the others, before
+    and after training, on the SAME partial answers: every point where the untrained flow asked its Stop LLM
+    on the held-out questions (`outcomes`: its eval records). A partial answer is "complete" when stopping
+    there would be graded correct. Reported per Stop model: AUC of P(yes) (bootstrap 95% interval) and the
+    mean P(yes) of each class."""
+    from flowdpo.flow.engine import stop_probability
+    from flowdpo.grading import grade
+    from flowdpo.stats import auc, auc_interval
+
+    points = [
+        (r["question"], text, grade(text, r["gold"]).correct)
+        for r in outcomes
+        for text in r.get("partials", [])
     ]
+    out: dict[str, Any] = {"partials": len(points), "complete": sum(1 for *_, c in points if c)}
+    if not points:
+        return out
+    contexts = [prompts.stop_prompt(q, text) for q, text, _ in points]
+    decision = prompts.yes_ids + prompts.no_ids
+    for name, adapter in (("untrained", None), ("trained", "stop")):
+        logps = backend.next_token_logprobs(contexts, adapter, decision)
+        p = [stop_probability(lp, len(prompts.yes_ids), spec.flow.stop_temperature) for lp in logps]
+        pos = [x for x, (*_, c) in zip(p, points) if c]
+        neg = [x for x, (*_, c) in zip(p, points) if not c]
+        ci = auc_interval(pos, neg)
+        out[name] = {
+            "auc": auc(pos, neg),
+            "aucCi95": list(ci) if ci else None,
+            "meanPYesComplete": sum(pos) / len(pos) if pos else None,
+            "meanPYesIncomplete": sum(neg) / len(neg) if neg else None,
+        }
+    return out
 
 
 def _stored_outcomes(
-    store: ObjectStore, row: str, set_id: str, examples: Sequence[Example], fp: str
+    store: ObjectStore, row: str, set_id: str, examples: Sequence[Example], fp: str, samples: int = 1
 ) -> list[dict] | None:
     """The outcomes an earlier (possibly interrupted) `flowdpo eval` stored for this row and set, if they
-    are for exactly these questions and this fingerprint; else None (to be recomputed)."""
+    are for exactly these questions (and samples) and this fingerprint; else None (to be recomputed)."""
     key = RunLayout.eval_outcomes(row, set_id)
     if not store.exists(key):
         return None
     rows = store.get_jsonl(key)
-    if [r.get("exampleId") for r in rows] != [ex.id for ex in examples]:
+    if [r.get("exampleId") for r in rows] != [ex.id for ex in examples for _ in range(samples)]:
         return None
     if any(r.get("fingerprint") != fp for r in rows):
         return None
@@ -412,8 +493,9 @@ def evaluate_run(
     everything = [ex for _, examples, _ in sets for ex in examples]  # one batched call per row
     for row in rows:
         adapter = None if row == ZERO_SHOT else row
+        k = samples_per_question(doc, row)
         fp = _row_fingerprint(doc, store, row, max_new)
-        stored = {es.id: _stored_outcomes(store, row, es.id, examples, fp) for es, examples, _ in sets}
+        stored = {es.id: _stored_outcomes(store, row, es.id, examples, fp, k) for es, examples, _ in sets}
         if all(v is not None for v in stored.values()):
             log.info("eval %s: reusing stored outcomes (same questions, model and settings)", row)
             answered = [r for es, _, _ in sets for r in stored[es.id]]
@@ -423,7 +505,7 @@ def evaluate_run(
                 gc.collect()
                 flow_backend, flow_prompts = load_flow_model(doc, store)
             answered = answer_with_flow(
-                flow_backend, flow_prompts, spec, everything, trained=row == FLOW_TRAINED
+                flow_backend, flow_prompts, spec, everything, trained=row == FLOW_TRAINED, samples=k
             )
             for r in answered:
                 r["fingerprint"] = fp
@@ -436,24 +518,26 @@ def evaluate_run(
                 backend,
                 prompts,
                 adapter,
-                everything,
+                [ex for ex in everything for _ in range(k)],
                 d["maxNewTokens"],
                 d["temperature"],
                 spec.seed,
                 d["topP"],
             )
+            for i, r in enumerate(answered):
+                r["sample"] = i % k
             for r in answered:
                 r["fingerprint"] = fp
         results, start = {}, 0
         for es, examples, info in sets:
-            outcomes = answered[start : start + len(examples)]
-            start += len(examples)
+            outcomes = answered[start : start + len(examples) * k]
+            start += len(examples) * k
             if stored[es.id] is None:
                 store.put(
                     RunLayout.eval_outcomes(row, es.id),
                     "".join(json.dumps(r, sort_keys=True) + "\n" for r in outcomes).encode(),
                 )
-            results[es.id] = cell(outcomes)
+            results[es.id] = cell(outcomes, k)
             if bar is not None:
                 bar.update(1)
         entry: dict[str, Any] = {
@@ -467,6 +551,27 @@ def evaluate_run(
         out_rows.append(entry)
     if bar is not None:
         bar.close()
+    stop = None
+    if ev.flow_rows:
+        # The Stop decision's discrimination, untrained vs trained, on the untrained flow's partial answers.
+        untrained = [
+            r for es, _, _ in sets for r in store.get_jsonl(RunLayout.eval_outcomes(FLOW_UNTRAINED, es.id))
+        ]
+        stop = store.get_json_or(RunLayout.eval_stop)
+        want = fingerprint(
+            {
+                "untrained": sorted({r.get("fingerprint") for r in untrained}),
+                "trained": store.get_json_or(RunLayout.adapters_latest),
+                "answers": len(untrained),
+            }
+        )
+        if stop is None or stop.get("fingerprint") != want:
+            if flow_backend is None:
+                backend = None
+                gc.collect()
+                flow_backend, flow_prompts = load_flow_model(doc, store)
+            stop = {**stop_discrimination(flow_backend, flow_prompts, spec, untrained), "fingerprint": want}
+            store.put_json(RunLayout.eval_stop, stop)
     backend = flow_backend = None
     gc.collect()
     manifest = store.get_json_or(RunLayout.compile_manifest) or {}
@@ -481,6 +586,8 @@ def evaluate_run(
         "rows": out_rows,
         "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if stop is not None:
+        table["stopDiscrimination"] = {k: v for k, v in stop.items() if k != "fingerprint"}
     store.put_json(RunLayout.eval_table_json, table)
     store.put(RunLayout.eval_table_md, render_table(table).encode())
     return table

@@ -22,19 +22,22 @@ FLOW_ROW = "sft-flow-generated"
 
 def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
     """The compile section of report.json, or None when the run has not been evaluated (`flowdpo eval`)."""
-    from flowdpo.stats import paired_difference
+    from flowdpo.stats import clustered_bootstrap_difference, paired_difference
 
     table = store.get_json_or(RunLayout.eval_table_json)
     if table is None:
         return None
-    outcomes: dict[tuple[str, str], dict[str, bool]] = {}
+    outcomes: dict[
+        tuple[str, str], dict[str, list[bool]]
+    ] = {}  # (row, set) -> question -> outcome per sample
     for row in table["rows"]:
         for s in table["sets"]:
             key = RunLayout.eval_outcomes(row["row"], s["id"])
             if store.exists(key):
-                outcomes[(row["row"], s["id"])] = {
-                    r["question"]: bool(r["correct"]) for r in store.get_jsonl(key)
-                }
+                per_q: dict[str, list[bool]] = {}
+                for r in store.get_jsonl(key):
+                    per_q.setdefault(r["question"], []).append(bool(r["correct"]))
+                outcomes[(row["row"], s["id"])] = per_q
     rows = {r["row"]: r for r in table["rows"]}
     pairs_to_compare = (
         [
@@ -57,7 +60,24 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
             if not a or not b:
                 continue
             common = sorted(set(a) & set(b))
-            d = paired_difference([a[q] for q in common], [b[q] for q in common])
+            if any(len(a[q]) > 1 or len(b[q]) > 1 for q in common):
+                # Several samples per question: the question is the independent unit.
+                boot = clustered_bootstrap_difference([a[q] for q in common], [b[q] for q in common])
+                d = {
+                    "examples": len(common),
+                    "difference": boot["difference"],
+                    "ci95": boot["ci95"],
+                    "samplesPerQuestion": boot.get("samplesPerQuestion"),
+                    "method": "paired bootstrap clustered by question",
+                    "onlyFirstCorrect": sum(
+                        1 for q in common if sum(a[q]) / len(a[q]) > sum(b[q]) / len(b[q])
+                    ),
+                    "onlySecondCorrect": sum(
+                        1 for q in common if sum(a[q]) / len(a[q]) < sum(b[q]) / len(b[q])
+                    ),
+                }
+            else:
+                d = paired_difference([a[q][0] for q in common], [b[q][0] for q in common])
             comparisons.append(
                 {
                     "set": s["id"],
@@ -91,6 +111,7 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
         "sets": table["sets"],
         "rows": table["rows"],
         "pairedVsFlow": comparisons,
+        "stopDiscrimination": table.get("stopDiscrimination"),
     }
 
 
@@ -147,10 +168,39 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
                 verdict = "the first is worse"
             else:
                 verdict = "no significant difference"
+            if d.get("samplesPerQuestion"):
+                detail = (
+                    f"{d['examples']} questions x {d['samplesPerQuestion']} samples, bootstrap clustered by question; "
+                    f"the first better on {d['onlyFirstCorrect']} questions, the second on {d['onlySecondCorrect']}"
+                )
+            else:
+                detail = f"only the first correct on {d['onlyFirstCorrect']}, only the second on {d['onlySecondCorrect']}"
             lines.append(
-                f"- {d['set']}: {d['firstLabel']} vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; only "
-                f"the first correct on {d['onlyFirstCorrect']}, only the second on {d['onlySecondCorrect']}): {verdict}."
+                f"- {d['set']}: {d['firstLabel']} vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; "
+                f"{detail}): {verdict}."
             )
+    stop = c.get("stopDiscrimination")
+    if stop and stop.get("untrained"):
+        lines += [
+            "",
+            (
+                f"The Stop decision on the untrained flow's {stop['partials']} held-out partial answers "
+                f"({stop['complete']} already right: stopping there would be graded correct):"
+            ),
+            "",
+            "| Stop model | AUC of P(yes), right vs not (95% CI) | mean P(yes) right / not |",
+            "|---|---|---|",
+        ]
+        for name in ("untrained", "trained"):
+            st = stop.get(name) or {}
+            auc_s = "-" if st.get("auc") is None else f"{st['auc']:.3f}"
+            if st.get("aucCi95"):
+                auc_s += f" ({st['aucCi95'][0]:.3f}-{st['aucCi95'][1]:.3f})"
+            means = " / ".join(
+                "-" if st.get(k) is None else f"{st[k]:.3f}"
+                for k in ("meanPYesComplete", "meanPYesIncomplete")
+            )
+            lines.append(f"| {name} | {auc_s} | {means} |")
     lines.append("")
     return "\n".join(lines)
 

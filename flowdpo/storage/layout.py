@@ -25,6 +25,7 @@ compile/sft/<source>.json          its training log (hyperparameters, steps, los
 compile/judge/<a>__vs__<b>.json    pairwise judge verdicts and win rates of two sources (flowdpo judge)
 eval/outcomes/<row>/<set>.jsonl    per-question outcomes of one table row on one eval set (flowdpo eval)
 eval/table.json, eval/table.md     the compile table: accuracy, 95% Wilson CI and n per row and eval set
+eval/stop-discrimination.json      AUC of the Stop decision, untrained vs trained, on the same held-out partial answers
 signal/<key>/lengths.json          natural answer lengths of the base model (flowdpo signal; <key>: its settings)
 signal/<key>/mined/batch-000003.jsonl  outcomes and pairs the untrained flow mined from one batch of questions
 signal/<key>/fits/<adapter>-lr<lr>.json  offline DPO on 80% of the pairs: held-out pair accuracy per epoch
@@ -148,6 +149,7 @@ class RunLayout:
     compile_plan = "compile/PLAN.json"
     compile_manifest = "compile/MANIFEST.json"
     eval_table_json = "eval/table.json"
+    eval_stop = "eval/stop-discrimination.json"
     eval_table_md = "eval/table.md"
 
     @staticmethod

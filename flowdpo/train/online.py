@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -40,6 +41,21 @@ def read_pairs(store: ObjectStore, shard: int, results: list[dict] | None = None
     if not results:
         return []
     return store.get_jsonl(RunLayout.pairs(shard, results[0]["attempt"]))
+
+
+def coin(seed: int, pair_id: str) -> bool:
+    """A fair, seeded coin per pair (the control run's label swaps): the same on every resume."""
+    return zlib.crc32(f"{seed}:{pair_id}".encode()) % 2 == 1
+
+
+def swapped(pair: dict) -> dict:
+    return {
+        **pair,
+        "chosenIds": pair["rejectedIds"],
+        "rejectedIds": pair["chosenIds"],
+        "chosenText": pair.get("rejectedText"),
+        "rejectedText": pair.get("chosenText"),
+    }
 
 
 def _per_adapter(value=0):
@@ -151,6 +167,8 @@ class OnlineTrainer:
 
     def _train_step(self, adapter: str, refs: list[list], known: dict) -> dict:
         pairs = self._load_pairs(refs, known)
+        if self.spec.training.shuffle_preferences:
+            pairs = [swapped(p) if coin(self.spec.seed, p["pairId"]) else p for p in pairs]
         step = self.state.steps[adapter]
         # Deterministic dropout per (seed, adapter, step): a resumed run repeats the same step exactly.
         seed = self.spec.seed * 1_000_003 + ADAPTERS.index(adapter) * 100_003 + step
