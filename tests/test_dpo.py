@@ -130,3 +130,16 @@ def test_a_dpo_step_on_a_yes_pair_raises_the_stop_decisions_p_yes():
     after = p_yes(1)
     assert after[0] > before[0] + 0.05, (before, after)
     assert after[1] > before[1], (before, after)
+
+
+def test_control_swaps_about_half_of_the_pairs_the_same_way_every_time():
+    from flowdpo.train.online import coin, swapped
+
+    ids = [f"t-{i:06d}/node-{n:02d}" for i in range(500) for n in range(3)]
+    flips = [coin(7, i) for i in ids]
+    assert 0.45 < sum(flips) / len(flips) < 0.55
+    assert flips == [coin(7, i) for i in ids] and flips != [coin(8, i) for i in ids]
+    p = {"pairId": "x", "chosenIds": [1, 2], "rejectedIds": [3], "chosenText": "a", "rejectedText": "b"}
+    s = swapped(p)
+    assert (s["chosenIds"], s["rejectedIds"], s["chosenText"], s["rejectedText"]) == ([3], [1, 2], "b", "a")
+    assert swapped(s) == p
