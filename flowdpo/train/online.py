@@ -12,9 +12,9 @@ skipped by taking new versions above the highest one in storage, so versions onl
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -45,7 +45,7 @@ def read_pairs(store: ObjectStore, shard: int, results: list[dict] | None = None
 
 def coin(seed: int, pair_id: str) -> bool:
     """A fair, seeded coin per pair (the control run's label swaps): the same on every resume."""
-    return zlib.crc32(f"{seed}:{pair_id}".encode()) % 2 == 1
+    return hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()[0] & 1 == 1
 
 
 def swapped(pair: dict) -> dict:
