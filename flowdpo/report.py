@@ -199,6 +199,15 @@ def compute(data: dict[str, Any]) -> dict[str, Any]:
             "ciOverlap": overlap,
         }
 
+    # The flow itself against one pass of the same model, both untrained, same sampling and token budget:
+    # is cutting the answer into chunks with a Stop LLM a handicap before any training?
+    flow_vs_single = None
+    if "untrainedFlow" in names and "zeroShot" in names:
+        both = [r for r in rows if {"untrainedFlow", "zeroShot"} <= set(r.get("baselines") or {})]
+        flow_vs_single = paired_difference(
+            [bool(r["baselines"]["untrainedFlow"]) for r in both], [bool(r["baselines"]["zeroShot"]) for r in both]
+        )
+
     q = n // 4
     quarters: dict[str, Any] | None = None
     if q >= 1:
@@ -265,6 +274,7 @@ def compute(data: dict[str, Any]) -> dict[str, Any]:
         },
         "progressiveAccuracy": _acc(k, n),
         "baselines": baselines,
+        "untrainedFlowVsZeroShot": flow_vs_single,
         "quarters": quarters,
         "behaviour": behaviour,
         "movingWindow": w,
@@ -447,6 +457,14 @@ def render_markdown(numbers: dict[str, Any]) -> str:
             f"{_pct(b['accuracy'])}, difference {_pp(d['difference'])}{ci}; {verdict}. "
             f"Only the trained flow correct on {d['onlyFirstCorrect']}, only the {b['label']} on "
             f"{d['onlySecondCorrect']}. The two Wilson CIs {overlap}."
+        )
+    d = N.get("untrainedFlowVsZeroShot")
+    if d and d["examples"]:
+        ci = f" (paired 95% CI {_pp(d['ci95'][0])} to {_pp(d['ci95'][1])})" if d["ci95"] else ""
+        lines.append(
+            f"- Untrained flow vs zero-shot single model (both untrained, same sampling and token budget) on the same "
+            f"{d['examples']} examples: difference {_pp(d['difference'])}{ci}; only the flow correct on "
+            f"{d['onlyFirstCorrect']}, only the single pass on {d['onlySecondCorrect']}."
         )
     q = N["quarters"]
     if q:

@@ -154,6 +154,11 @@ def test_write_report_files_in_store_and_local(run, tmp_path):
     zs = js["baselines"]["zeroShot"]
     assert (zs["correct"], zs["examples"]) == (5, 8)
     assert zs["trainedOnSameExamples"]["correct"] == 3
+    # The untrained flow against one pass, on the 8 examples that have both: untrained 1 (shard 1, i=0), single
+    # pass 5 (shard 0 i=0, shard 1 all four).
+    d = js["untrainedFlowVsZeroShot"]
+    assert d["examples"] == 8 and d["difference"] == pytest.approx((1 - 5) / 8)
+    assert "Untrained flow vs zero-shot single model" in md
     assert js["pairs"]["answer"] == {"mined": 12, "trained": 8}
     assert js["examplesPerHour"] == 120.0
 
