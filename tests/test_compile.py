@@ -414,6 +414,10 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     assert main(["eval", str(run_file), "--no-progress"]) == 0
     again = store.get_json(RunLayout.eval_table_json)
     assert [r["results"] for r in again["rows"]] == [r["results"] for r in table["rows"]]
+    # --rows evaluates only the rows named (a control run's trained flow); an unknown row is refused.
+    assert main(["eval", str(run_file), "--no-progress", "--rows", "flow-trained"]) == 0
+    assert [r["row"] for r in store.get_json(RunLayout.eval_table_json)["rows"]] == ["flow-trained"]
+    assert main(["eval", str(run_file), "--no-progress", "--rows", "sft-nope"]) == 2
     assert (store.local_root / RunLayout.eval_table_md).is_file()
     # Evaluation never saw a training or compile question (checked independently of the eval code).
     used = {normalize_question(e["question"]) for e in questions}

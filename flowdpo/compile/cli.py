@@ -77,7 +77,10 @@ def cmd_eval(args) -> int:
     doc = _doc(args)
     try:
         table = evaluate_run(
-            doc, require_finished=not args.allow_unfinished, show_progress=not args.no_progress
+            doc,
+            require_finished=not args.allow_unfinished,
+            show_progress=not args.no_progress,
+            only=[r.strip() for r in args.rows.split(",")] if args.rows else None,
         )
     except CompileError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -111,6 +114,11 @@ def add_subparsers(sub) -> None:
     e.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
     e.add_argument(
         "--allow-unfinished", action="store_true", help="evaluate although training has not finished"
+    )
+    e.add_argument(
+        "--rows",
+        help="evaluate only these rows, comma-separated (zero-shot, sft-<source>, flow-trained, flow-untrained, "
+        "zero-shot-sampled)",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)

@@ -467,9 +467,11 @@ def _stored_outcomes(
 
 
 def evaluate_run(
-    doc: RunDocument, *, require_finished: bool = True, show_progress: bool = False
+    doc: RunDocument, *, require_finished: bool = True, show_progress: bool = False, only: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Evaluate the 0-shot base model and every SFT model of the run; write eval/ and return the table."""
+    """Evaluate the 0-shot base model and every SFT model of the run; write eval/ and return the table.
+    `only`: evaluate just these rows (e.g. the trained flow of a control run whose other rows would repeat
+    another run's)."""
     spec = doc.spec
     ev = spec.compile.evaluation
     store = open_run(doc, require_finished=require_finished)
@@ -482,6 +484,11 @@ def evaluate_run(
     rows = [ZERO_SHOT] + [f"sft-{s}" for s in sources]
     if ev.flow_rows:
         rows += [FLOW_TRAINED, FLOW_UNTRAINED, ZERO_SHOT_SAMPLED]
+    if only:
+        unknown = sorted(set(only) - set(rows))
+        if unknown:
+            raise CompileError(f"--rows: {unknown} not among this run's rows {rows}")
+        rows = [r for r in rows if r in only]
     max_new = ev.max_new_tokens or spec.flow.chunk_tokens * spec.flow.max_chunks
     bar = None
     if show_progress:
@@ -552,7 +559,7 @@ def evaluate_run(
     if bar is not None:
         bar.close()
     stop = None
-    if ev.flow_rows:
+    if ev.flow_rows and FLOW_UNTRAINED in rows and FLOW_TRAINED in rows:
         # The Stop decision's discrimination, untrained vs trained, on the untrained flow's partial answers.
         untrained = [
             r for es, _, _ in sets for r in store.get_jsonl(RunLayout.eval_outcomes(FLOW_UNTRAINED, es.id))
