@@ -549,6 +549,7 @@ def render_markdown(report: dict) -> str:
 
 def render_figure(report: dict) -> bytes:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -565,7 +566,9 @@ def render_figure(report: dict) -> bytes:
         ax.set_ylim(0, 1)
         ax.set_xlabel("passes over the training pairs")
         ax.set_ylabel("held-out pair accuracy")
-        ax.set_title(f"{a} adapter: {report['verdict'].get(a, 'not trained').split(':')[0]}")
+        verdict = report["verdict"].get(a, "not trained").split(":")[0].split("(")[0].strip()
+        ax.set_title(f"{a} adapter: {verdict}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.legend(loc="lower right", fontsize=8)
     ln = report["lengths"]
     h = ln["histogram"]
