@@ -113,7 +113,8 @@ def mining_key(doc: RunDocument, settings: SignalSettings) -> str:
         "flow": spec.flow.model_dump(mode="json"),
         "data": spec.data.model_dump(mode="json"),
         "compileQuestions": spec.compile.num_questions,
-        "evaluation": spec.compile.evaluation.model_dump(mode="json"),
+        # the held-out evaluation questions the signal questions avoid
+        "heldout": [es.num_questions for es in spec.compile.evaluation.resolved_sets(spec.data) if es.name == "heldout"],
         "batchExamples": spec.rollout.batch_examples,
         "questions": settings.questions,
         "lengthQuestions": settings.length_questions,
