@@ -52,14 +52,15 @@ DEADLINE = 240.0  # the run takes ~1 minute on 2 busy CPU cores
 def run_document(storage_uri: str) -> dict:
     """A tiny run that exercises every metric, unlike tests/conftest.py's tiny run: baselines on (their
     accuracy gauge), one pair per optimizer step and one pending shard at most, so the trainer publishes
-    adapter versions between shards and the worker loads them (adapter load latency, version lag). Data
-    seed 2: shard 0 mines pairs with this model (as in tests/test_distributed.py)."""
+    adapter versions between shards and the worker loads them (adapter load latency, version lag). Chunks
+    of 32 tokens let this model finish most 1-digit answers inside the budget (an EOS ends the flow), so
+    its rollouts disagree and pairs are mined; data seed 2 mines them in shard 0."""
     return {
         "apiVersion": "flowdpo.dev/v1alpha1",
         "kind": "FlowDPORun",
         "metadata": {"name": RUN},
         "spec": {
-            "flow": {"chunkTokens": 16, "maxChunks": 3, "temperature": 1.0},
+            "flow": {"chunkTokens": 32, "maxChunks": 3, "temperature": 1.0},
             "training": {"learningRate": 1.0e-3, "beta": 0.5, "batchSize": 1, "microBatchSize": 4},
             "data": {"numExamples": 6, "shardSize": 2, "seed": 2},
             "rollout": {"batchExamples": 2, "maxPendingShards": 1},

@@ -7,6 +7,7 @@ One server per module (~30-45 s to start, ~3.2 GB RSS). Skipped only when vllm i
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -188,10 +189,12 @@ def test_next_token_logprobs_match_transformers(backend, reference):
         assert all(x <= 0 for x in g)
         assert max(abs(a - b) for a, b in zip(g, w)) < LOGPROB_TOL, (g, w)
         assert max(abs(a - b) for a, b in zip(g, gb)) < 0.05  # base-zero == the base model
-        n_yes = len(prompts.yes_ids)
-        assert stop_probability(g[: len(prompts.yes_ids + prompts.no_ids)], n_yes, 1.0) == pytest.approx(
-            stop_probability(w[: len(prompts.yes_ids + prompts.no_ids)], n_yes, 1.0), abs=0.03
-        )
+        # The Stop decision's log-odds (logsumexp over the yes set minus over the no set) agree to the same
+        # bf16 tolerance as each token. (In float32 the transformers engine is exact against plain forwards,
+        # tests/test_decoding.py; two bf16 engines differ by rounding: up to ~0.05 in P(yes) near 0.4.)
+        n_yes, n_yn = len(prompts.yes_ids), len(prompts.yes_ids + prompts.no_ids)
+        p_got, p_want = stop_probability(g[:n_yn], n_yes, 1.0), stop_probability(w[:n_yn], n_yes, 1.0)
+        assert abs(_logit(p_got) - _logit(p_want)) < LOGPROB_TOL, (p_got, p_want)
     # Candidates outside the top-k and repeated ids come back too.
     twice = backend.next_token_logprobs(contexts[:1], "stop", [prompts.yes_id, prompts.yes_id])[0]
     assert twice[0] == twice[1]
@@ -223,6 +226,10 @@ def test_flow_engine_runs_on_vllm(backend, reference):
         )
 
 
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
 def _random_adapter(model, name: str, seed: int, std: float = 0.08) -> dict[str, bytes]:
     from flowdpo.train.adapters import adapter_files
 
@@ -244,6 +251,7 @@ def test_adapter_hot_load_new_names_and_unload_after_inflight(server, backend, r
 
     v1_files = _random_adapter(model, "answer", seed=1)
     secs = backend.load_adapter("answer", 1, v1_files)
+    ref.load_adapter("answer", 1, v1_files)  # as a worker would: the reference drops what it cached for v0
     assert 0 < secs < 30 and backend.last_load_seconds["answer"] == secs
     assert backend.versions() == {"answer": 1, "stop": 0}
     assert backend.served_names()["answer"] == "answer-v1"
@@ -270,6 +278,7 @@ def test_adapter_hot_load_new_names_and_unload_after_inflight(server, backend, r
     assert backend.inflight().get("answer-v1") == 1
     v2_files = _random_adapter(model, "answer", seed=2)
     backend.load_adapter("answer", 2, v2_files)
+    ref.load_adapter("answer", 2, v2_files)
     assert backend.served_names()["answer"] == "answer-v2" and backend.versions()["answer"] == 2
     still_running = th.is_alive()
     print(f"v1 request still running when v2 was loaded: {still_running}")

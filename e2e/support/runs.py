@@ -24,7 +24,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 TINY_SPEC: dict[str, Any] = {
     "model": {"name": "builtin:smollm2-135m-instruct"},
     "flow": {
-        "chunkTokens": 6, "maxChunks": 2, "temperature": 0.7,
+        "chunkTokens": 16, "maxChunks": 2, "temperature": 0.7,
         "answerSystemPrompt": "You are a helpful math assistant. Reply with the result only.",
         "stopSystemPrompt": "Reply yes or no.",
         "stopUserTemplate": "Question: {problem}\nAnswer: {solution}\nComplete?",
