@@ -144,3 +144,18 @@ def test_secret_sample_defines_the_storage_keys_as_placeholders():
     assert all(key.isidentifier() and key.isupper() for key in data), "keys become environment variables"
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert "REPLACE" in data[key], f"{key}: the sample must hold a placeholder, never a credential"
+
+
+def test_learning_experiment_control_differs_from_the_main_run_only_in_the_swapped_preferences():
+    from flowdpo.spec import load_document
+
+    folder = Path(__file__).resolve().parents[1] / "docs/results/learning-experiment"
+    main, control = load_document(folder / "run.yaml"), load_document(folder / "control.yaml")
+    assert control.spec.training.shuffle_preferences and not main.spec.training.shuffle_preferences
+    assert control.name != main.name
+    a = main.spec.model_dump()
+    b = control.spec.model_dump()
+    b["training"]["shuffle_preferences"] = False
+    assert a == b
+    assert main.spec.compile.evaluation.flow_samples >= 4
+    assert [s.num_questions for s in main.spec.compile.evaluation.sets] == [400]

@@ -76,8 +76,8 @@ def main(argv=None) -> int:
     zero_sampled = outcomes(main_store, "zero-shot-sampled")
     control = outcomes(control_store, "flow-trained")
     table = main_store.get_json(RunLayout.eval_table_json)
-    report = json.loads((Path(args.main) / "report" / "report.json").read_text())
-    control_report = json.loads((Path(args.control) / "report" / "report.json").read_text())
+    report = main_store.get_json(f"{RunLayout.report_dir}/report.json")  # written by `flowdpo report`
+    control_report = control_store.get_json(f"{RunLayout.report_dir}/report.json")
 
     primary = compare(trained, untrained)
     result = {
