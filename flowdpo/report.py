@@ -143,7 +143,8 @@ def _version_changes(rows: list[dict], adapter: str) -> list[int]:
 def flow_behaviour(rows: list[dict]) -> list[dict[str, Any]]:
     """How the trained flow's main chains end, per quarter of the run (in consumption order): what the Stop
     adapter learns shows here before it shows in accuracy — e.g. fewer answers cut off before a final answer.
-    Ends: `stop` (the Stop LLM said yes), `max_chunks`, `empty_chunk` (the Answer LLM had nothing to add)."""
+    Ends (flowdpo/flow/engine.py): `eos` (the Answer LLM ended its answer), `stop` (the Stop LLM said yes),
+    `max_chunks` (the token budget ran out: the answer may be cut off)."""
     n = len(rows)
     if n < 4:
         return []
@@ -151,7 +152,7 @@ def flow_behaviour(rows: list[dict]) -> list[dict[str, Any]]:
     for i in range(4):
         part = rows[i * n // 4 : (i + 1) * n // 4]
         p_stop = [p for r in part for p in (r.get("pStop") or [])]
-        ends = {e: sum(1 for r in part if r.get("endReason") == e) / len(part) for e in ("stop", "max_chunks", "empty_chunk")}
+        ends = {e: sum(1 for r in part if r.get("endReason") == e) / len(part) for e in ("eos", "stop", "max_chunks")}
         out.append(
             {
                 "quarter": i + 1,
@@ -165,6 +166,32 @@ def flow_behaviour(rows: list[dict]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def token_budget(rows: list[dict], spec_doc: dict) -> dict[str, Any] | None:
+    """Does the flow's token budget (chunkTokens x maxChunks) hold the model's natural answers? The zero-shot
+    baseline answers each question in one pass with exactly that budget and no Stop LLM, so its answers that
+    ended with EOS fit and those that ran to the budget did not. Lengths are censored at the budget: a
+    percentile is reported only when at least that share of answers fit (otherwise it is "> budget")."""
+    from flowdpo.spec import FlowSpec
+
+    ended = [d for r in rows if (d := (r.get("baselineDetails") or {}).get("zeroShot")) and "tokens" in d]
+    if not ended:
+        return None
+    try:
+        flow = FlowSpec.model_validate((spec_doc.get("spec") or {}).get("flow") or {})
+        budget = flow.chunk_tokens * flow.max_chunks
+    except ValueError:
+        budget = None
+    fit = sum(1 for d in ended if d.get("endReason") == "eos")
+    lengths = sorted(int(d["tokens"]) for d in ended if d.get("endReason") == "eos")
+    n = len(ended)
+
+    def pct(q: float) -> int | None:
+        i = max(0, int(q * n + 0.999999) - 1)  # nearest rank
+        return lengths[i] if i < len(lengths) else None
+
+    return {"answers": n, "budgetTokens": budget, "fit": _acc(fit, n), "p50": pct(0.5), "p90": pct(0.9)}
 
 
 def compute(data: dict[str, Any]) -> dict[str, Any]:
@@ -275,6 +302,7 @@ def compute(data: dict[str, Any]) -> dict[str, Any]:
         "progressiveAccuracy": _acc(k, n),
         "baselines": baselines,
         "untrainedFlowVsZeroShot": flow_vs_single,
+        "tokenBudget": token_budget(rows, data["spec"] or {}),
         "quarters": quarters,
         "behaviour": behaviour,
         "movingWindow": w,
@@ -466,6 +494,18 @@ def render_markdown(numbers: dict[str, Any]) -> str:
             f"{d['examples']} examples: difference {_pp(d['difference'])}{ci}; only the flow correct on "
             f"{d['onlyFirstCorrect']}, only the single pass on {d['onlySecondCorrect']}."
         )
+    tb = N.get("tokenBudget")
+    if tb:
+        fit, budget = tb["fit"], tb["budgetTokens"]
+        lo, hi = fit["ci95"]
+        over = f"> {budget}" if budget else "> budget"
+        p50 = over if tb["p50"] is None else str(tb["p50"])
+        p90 = over if tb["p90"] is None else str(tb["p90"])
+        lines.append(
+            f"- Token budget: {fit['correct']} of {fit['examples']} zero-shot answers ({_pct(fit['accuracy'])}, 95% CI "
+            f"{_pct(lo)}-{_pct(hi)}) ended by themselves inside the flow's budget of {budget} tokens (chunkTokens x "
+            f"maxChunks; aim for >= 90%); one-pass answer lengths p50 {p50}, p90 {p90} tokens."
+        )
     q = N["quarters"]
     if q:
         lines += ["", f"### First vs last quarter ({q['size']} examples each)", ""]
@@ -485,7 +525,7 @@ def render_markdown(numbers: dict[str, Any]) -> str:
             "",
             "### How the trained flow's answers end, by quarter",
             "",
-            "| quarter | accuracy | chunks per answer | no final answer | mean P(stop) | ended by Stop | by max chunks | by empty chunk | rollouts correct |",
+            "| quarter | accuracy | chunks per answer | no final answer | mean P(stop) | ended by EOS | by Stop | by max chunks | rollouts correct |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for b in N["behaviour"]:
@@ -493,7 +533,7 @@ def render_markdown(numbers: dict[str, Any]) -> str:
             e = b["ends"]
             lines.append(
                 f"| {b['quarter']} ({b['examples']}) | {_pct(b['accuracy'])} | {b['meanChunks']:.2f} | {_pct(b['noFinalAnswer'])} | "
-                f"{ps} | {_pct(e['stop'])} | {_pct(e['max_chunks'])} | {_pct(e['empty_chunk'])} | {_pct(b['rolloutsCorrect'])} |"
+                f"{ps} | {_pct(e.get('eos', 0.0))} | {_pct(e['stop'])} | {_pct(e['max_chunks'])} | {_pct(b['rolloutsCorrect'])} |"
             )
 
     lines += [

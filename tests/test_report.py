@@ -314,3 +314,49 @@ def test_flow_behaviour_by_quarter():
     assert q[0]["meanChunks"] == 2 and q[3]["meanChunks"] == 4 and q[3]["accuracy"] == 1.0
     assert q[3]["rolloutsCorrect"] == 0.5
     assert flow_behaviour(rows[:3]) == []
+
+
+def test_flow_behaviour_counts_answers_that_ended_with_eos():
+    from flowdpo.report import flow_behaviour
+
+    rows = [{"endReason": "eos", "chunks": 1, "correct": True}] * 3 + [{"endReason": "stop", "chunks": 2}]
+    q = flow_behaviour(rows * 2)
+    assert sum(b["ends"]["eos"] for b in q) == pytest.approx(4 * 0.75)
+    assert all(sum(b["ends"].values()) == pytest.approx(1.0) for b in q)
+
+
+def test_token_budget_from_the_zero_shot_answers():
+    """The zero-shot pass has the flow's budget and no Stop LLM: EOS endings fit, the rest ran out; lengths are
+    censored at the budget (a percentile beyond the share that fit is unknown, not the budget)."""
+    from flowdpo.report import token_budget
+
+    spec = {"spec": {"flow": {"chunkTokens": 8, "maxChunks": 2}}}
+
+    def row(tokens, end):
+        return {"baselineDetails": {"zeroShot": {"tokens": tokens, "endReason": end, "extracted": None}}}
+
+    rows = [row(t, "eos") for t in (3, 5, 7, 9, 11, 12, 13, 14, 15)] + [row(16, "max_chunks")]
+    tb = token_budget(rows, spec)
+    assert tb["budgetTokens"] == 16 and tb["answers"] == 10
+    assert tb["fit"]["correct"] == 9 and tb["fit"]["accuracy"] == pytest.approx(0.9)
+    assert tb["p50"] == 11 and tb["p90"] == 15
+    rows += [row(16, "max_chunks")] * 2  # now 9 of 12 fit: the p90 is past the budget
+    tb = token_budget(rows, spec)
+    assert tb["p90"] is None and tb["p50"] == 12
+    assert token_budget([{"baselines": {}}], spec) is None
+    # Omitted flow fields take the spec's defaults (the paper's 160 x 6).
+    assert token_budget(rows, {"spec": {}})["budgetTokens"] == 160 * 6
+
+
+def test_report_shows_the_token_budget(tmp_path):
+    store = open_store(f"file://{tmp_path / 'run'}")
+    rows = [_row(0, i, i < 2, untrained=False, zero=True) for i in range(4)]
+    for i, r in enumerate(rows):
+        r["baselineDetails"] = {"zeroShot": {"tokens": 40 + i, "endReason": "eos" if i < 3 else "max_chunks"}}
+    _write_run(store, {0: rows}, [0], _progress(4, 2))
+    write_report(store, out_dir=tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    # SPEC omits the flow: the paper's budget, 160 x 6 tokens.
+    assert "Token budget: 3 of 4 zero-shot answers (75.0%" in md and "budget of 960 tokens" in md
+    assert "p50 41, p90 > 960 tokens" in md
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["tokenBudget"]["fit"]["correct"] == 3
