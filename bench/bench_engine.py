@@ -241,14 +241,19 @@ def scaling_runs(examples, inner, prompts, flow, seed, chunk_counts, chunk_sizes
     return out
 
 
-def quickstart_run(spec_path: str, busy: bool) -> dict:
-    """(d, e): `flowdpo run` of the quickstart in a fresh folder, optionally beside one CPU-bound process."""
+def quickstart_run(spec_path: str, busy: bool, keep: str | None = None) -> dict:
+    """(d, e): `flowdpo run` of the quickstart in a fresh folder, optionally beside one CPU-bound process.
+    Also checks the ETA a person watches: the `etaSeconds` of progress.json at the first poll after 60 s
+    and after 25% of the run, against the time the run then really took. `keep`: copy the run folder there
+    (for `flowdpo report`)."""
+    import shutil
     import subprocess
     import tempfile
 
     hog = None
     if busy:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    etas: list[dict] = []
     try:
         with tempfile.TemporaryDirectory(prefix="flowdpo-bench-") as tmp:
             cmd = [
@@ -264,17 +269,43 @@ def quickstart_run(spec_path: str, busy: bool) -> dict:
             ]
             t0 = time.monotonic()
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(proc.pid, 0)
+            samples: list[tuple[float, float | None, int]] = []
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(2.0)
+                try:
+                    p = json.loads((Path(tmp) / "progress.json").read_text())
+                    samples.append((time.monotonic() - t0, p.get("etaSeconds"), p.get("examples", 0)))
+                except (OSError, ValueError):
+                    pass
             wall = time.monotonic() - t0
             err = proc.stderr.read().decode(errors="replace")
             proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode != 0:
                 raise RuntimeError(f"quickstart failed ({proc.returncode}): {err[-2000:]}")
             progress = json.loads((Path(tmp) / "progress.json").read_text())
+            if keep:
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(tmp, keep)
     finally:
         if hog is not None:
             hog.kill()
             hog.wait()
+    for label, after in (("after 60 s", 60.0), ("after 25% of the run", 0.25 * wall)):
+        at = next(((t, eta) for t, eta, _ in samples if t >= after and eta is not None), None)
+        if at is not None:
+            remaining = wall - at[0]
+            etas.append(
+                {
+                    "when": label,
+                    "atSeconds": at[0],
+                    "etaSeconds": at[1],
+                    "actualRemainingSeconds": remaining,
+                    "relativeError": (at[1] - remaining) / remaining if remaining > 0 else None,
+                }
+            )
     return {
         "busy": busy,
         "wallSeconds": wall,
@@ -282,6 +313,9 @@ def quickstart_run(spec_path: str, busy: bool) -> dict:
         "examples": progress["examples"],
         "progressiveAccuracy": progress["progressiveAccuracy"],
         "baselines": progress["baselines"],
+        "eta": etas,
+        # (seconds since start, published ETA, examples counted) at every poll: how the ETA converges
+        "etaTrace": [[round(t, 1), eta, n] for t, eta, n in samples],
     }
 
 
@@ -294,6 +328,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-sizes", default="12,24,48")
     ap.add_argument("--no-quickstart", action="store_true", help="skip (d) and (e)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/engine.json"))
+    ap.add_argument("--keep-quickstart", default=None, help="copy the quiet quickstart run's folder here")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -324,7 +359,7 @@ def main(argv=None) -> int:
     if not args.no_quickstart:
         del model, fast, naive  # the quickstart runs measure their own memory, not this process's
         for busy in (False, True):
-            quick.append(quickstart_run(args.spec, busy))
+            quick.append(quickstart_run(args.spec, busy, None if busy else args.keep_quickstart))
             print(f"quickstart {'busy' if busy else 'quiet'}: {quick[-1]['wallSeconds']:.0f} s", flush=True)
 
     result = {
@@ -378,6 +413,11 @@ def main(argv=None) -> int:
         print(
             f"quickstart {'busy ' if q['busy'] else 'quiet'}: {q['wallSeconds']:.0f} s, peak RSS {q['peakRssMiB']:.0f} MiB"
         )
+        for e in q["eta"]:
+            err = "" if e["relativeError"] is None else f" ({100 * e['relativeError']:+.0f}%)"
+            print(
+                f"  ETA {e['when']} ({e['atSeconds']:.0f} s): {e['etaSeconds']:.0f} s, really {e['actualRemainingSeconds']:.0f} s{err}"
+            )
     if "quickstartBusyOverQuiet" in result:
         print(f"busy / quiet: {result['quickstartBusyOverQuiet']:.2f}")
     print(f"\nwrote {args.out}")

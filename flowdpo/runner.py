@@ -74,7 +74,9 @@ def run_local(
         release_free_memory()  # what the rollouts freed goes back to the system before training
         t1 = time.monotonic()
         trainer.consume(shard)
-        metrics.shard_seconds.labels(doc.name, "train").observe(time.monotonic() - t1)
+        train_seconds = time.monotonic() - t1
+        metrics.shard_seconds.labels(doc.name, "train").observe(train_seconds)
+        view.trained(train_seconds)
         backend.set_versions(trainer.state.versions)
         release_free_memory()
         view.shard_done()
@@ -86,6 +88,14 @@ def run_local(
     progress = view.publish("Succeeded" if finished else "Training")
     view.close()
     return progress
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 class _LiveView:
@@ -105,9 +115,12 @@ class _LiveView:
         if show:
             from tqdm import tqdm
 
+            # tqdm's own ETA assumes a constant rate; ours (in the postfix) adds the training that follows
+            # each shard, so the bar shows elapsed time only.
             self.bar = tqdm(
                 total=manifest["examples"], initial=trainer.state.examples, unit="ex", dynamic_ncols=True,
-                desc="flow-dpo", smoothing=0.0,  # ETA from the average rate since start (examples finish in bursts)
+                desc="flow-dpo", smoothing=0.0,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
             )
             self._postfix()
         self.publish("Training")
@@ -136,10 +149,31 @@ class _LiveView:
             self.publish("Training")
 
     _shard_base = 0
+    _train_seconds = 0.0  # training after the shards this process rolled out
+    _trained_shards = 0
+
+    def trained(self, seconds: float) -> None:
+        self._train_seconds += seconds
+        self._trained_shards += 1
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left: the examples left x (rollout seconds per example + training seconds per example),
+        each measured in this process. The training after a shard is counted once one has been measured
+        (before that the ETA holds rollouts only); the first shard's pairs are no cheaper to train than later
+        ones, so a constant-rate ETA from the first minute would miss it by the share of time training takes."""
+        live = self.live
+        if live is None or not live.examples:
+            return None
+        per_example = live.busy_seconds / live.examples
+        rolled_in_trained = self._trained_shards and live.examples - self.in_shard
+        if rolled_in_trained:
+            per_example += self._train_seconds / rolled_in_trained
+        left = max(self.manifest["examples"] - self.trainer.state.examples - self.in_shard, 0)
+        return left * per_example
 
     def live_fields(self) -> dict:
         """Rollout progress inside the running shard (progress.json's "live"): examples finished, tokens/s,
-        and examples/hour and the ETA from this process's own rate."""
+        and examples/hour and the ETA from this process's own rollout and training times."""
         live = self.live
         done = self.trainer.state.examples + self.in_shard
         out: dict = {"examplesRolledOut": done, "examplesInRunningShard": self.in_shard}
@@ -148,7 +182,7 @@ class _LiveView:
             rate = live.examples / elapsed
             out["tokensPerSecond"] = round(live.tokens_per_second or 0.0, 1)
             out["examplesPerHour"] = round(rate * 3600, 1)
-            out["etaSeconds"] = round(max(self.manifest["examples"] - done, 0) / rate, 1)
+            out["etaSeconds"] = round(self.eta_seconds() or 0.0, 1)
         return out
 
     def publish(self, phase: str) -> dict:
@@ -163,7 +197,8 @@ class _LiveView:
             f"acc={'-' if acc is None else f'{acc:.3f}'} "
             f"pairs={st.pairs_mined['answer']}a/{st.pairs_mined['stop']}s "
             f"v={st.versions['answer']}a/{st.versions['stop']}s "
-            f"{'-' if tps is None else f'{tps:.0f}'} tok/s",
+            f"{'-' if tps is None else f'{tps:.0f}'} tok/s "
+            f"ETA {_clock(self.eta_seconds())}",
             refresh=True,
         )
 

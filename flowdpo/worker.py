@@ -115,11 +115,17 @@ class LiveProgress:
             listener()
 
     @property
-    def tokens_per_second(self) -> float | None:
-        """Generated tokens per second of rollout time (model loading and training excluded)."""
+    def busy_seconds(self) -> float:
+        """Seconds spent rolling out so far, the running shard included."""
         busy = self.rollout_seconds
         if self._shard_started is not None:
             busy += time.monotonic() - self._shard_started
+        return busy
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generated tokens per second of rollout time (model loading and training excluded)."""
+        busy = self.busy_seconds
         return self.tokens / busy if busy > 0 and self.tokens else None
 
 

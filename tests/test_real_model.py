@@ -163,3 +163,46 @@ def test_progressive_accuracy_counts_every_example_once_and_resume_after_sigkill
     for a in ("answer", "stop"):
         versions = sorted({RunLayout.version_of(k) for k in store.list(RunLayout.adapter_versions_prefix(a))})
         assert versions == list(range(1, resumed["versions"][a] + 1))
+
+
+def test_progress_moves_per_example_with_an_eta(tiny_run_file, monkeypatch):
+    """Issue 10.4: what a person watches advances with every finished example, not once per shard, and
+    carries tokens/s and an ETA (progress.json's "live", written by the same view as the bar)."""
+    import flowdpo.runner as runner
+
+    seen: list[dict] = []
+    original = runner._publish_progress
+
+    def recording(*args, **kwargs):
+        seen.append(dict(kwargs.get("live") or {}))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_publish_progress", recording)
+    monkeypatch.setattr(runner._LiveView, "PUBLISH_SECONDS", 0.0)  # publish on every refresh
+    doc = load_document(tiny_run_file(name="live", n=6, shard=3))
+    final = run_local(doc, show_progress=False)
+    assert final["examples"] == 6
+    rolled = [s["examplesRolledOut"] for s in seen if "examplesRolledOut" in s]
+    assert rolled == sorted(rolled), "progress went backwards"
+    assert set(range(1, 7)) <= set(rolled), f"not every example showed: {sorted(set(rolled))}"
+    inside = [s for s in seen if 0 < s.get("examplesInRunningShard", 0) < 3]
+    assert inside, "nothing was published while a shard was running"
+    assert all(s["etaSeconds"] > 0 and s["tokensPerSecond"] > 0 for s in inside)
+
+
+def test_eta_adds_the_training_measured_after_each_shard():
+    from types import SimpleNamespace
+
+    from flowdpo.runner import _LiveView
+
+    view = _LiveView.__new__(_LiveView)
+    view.manifest = {"examples": 10}
+    view.trainer = SimpleNamespace(state=SimpleNamespace(examples=3))  # shard 0 (3 examples) trained
+    view.live = SimpleNamespace(examples=4, busy_seconds=40.0)  # 3 + 1 example of shard 1, 40 s of rollouts
+    view.in_shard = 1
+    view._train_seconds, view._trained_shards = 0.0, 0
+    assert view.eta_seconds() == pytest.approx(6 * 10.0)  # no training measured yet: rollouts only
+    view.trained(15.0)  # training after shard 0 took 15 s: 5 s per example rolled out before it
+    assert view.eta_seconds() == pytest.approx(6 * (10.0 + 5.0))
+    view.live = SimpleNamespace(examples=0, busy_seconds=0.0)
+    assert view.eta_seconds() is None

@@ -68,29 +68,14 @@ def last_boxed(text: str) -> str | None:
     starts = [m.end() for m in _BOX_RE.finditer(text)]
     if not starts:
         return None
-    i = starts[-1]
-    while i < len(text) and text[i] == " ":
-        i += 1
-    if i >= len(text):
-        raise UnclosedBox("\\boxed at end of text")
-    if text[i] != "{":
-        token = re.match(r"[^\s$]+", text[i:])
-        return token.group(0) if token else None
-    depth = 0
-    j = i
-    while j < len(text):
-        c = text[j]
-        if c == "\\":  # an escaped character (\{, \}, \\) never opens or closes a group
-            j += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
+    j = starts[-1]
+    while j < len(text) and text[j] == " ":
         j += 1
-    raise UnclosedBox("unclosed \\boxed{")
+    got = _box_content(text, j)
+    if got is None:
+        raise UnclosedBox("\\boxed at end of text" if j >= len(text) else "unclosed \\boxed{")
+    braced = text[j] == "{"
+    return got[0] if braced or got[0] else None
 
 
 def gsm8k_final(answer_text: str) -> str | None:
