@@ -168,7 +168,7 @@ def test_progressive_accuracy_counts_every_example_once_and_resume_after_sigkill
 def test_progress_moves_per_example_with_an_eta(tiny_run_file, monkeypatch):
     """Issue 10.4: what a person watches advances with every finished example, not once per shard, and
     carries tokens/s and an ETA (progress.json's "live", written by the same view as the bar)."""
-    import flowdpo.runner as runner
+    from flowdpo import runner
 
     seen: list[dict] = []
     original = runner._publish_progress
