@@ -48,6 +48,7 @@ COMPILE_SOURCES = ("ground-truth", "self-generated", "flow-generated")
 _SHARD_RE = re.compile(r"shard-(\d{6})\.")
 _CLAIM_RE = re.compile(r"^claims/shard-(\d{6})/(attempt|lease)-(\d{4,})\.json$")
 _STATE_RE = re.compile(r"^trainer/state/(\d{6})(-final)?\.json$")
+_SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # a user-chosen part of a key: one path segment
 
 
 class RunLayout:
@@ -187,18 +188,22 @@ class RunLayout:
         return f"compile/judge/{cls._source(a)}__vs__{cls._source(b)}.json"
 
     @staticmethod
-    def eval_outcomes(row: str, set_id: str) -> str:
+    def _segment(part: str, what: str) -> str:
+        """`part` as one path segment of a key: lowercase letters, digits, '_', '.', '-' (no '/', no '..')."""
+        if not _SEGMENT_RE.match(part):
+            raise ValueError(f"not a valid {what}: {part!r}")
+        return part
+
+    @classmethod
+    def eval_outcomes(cls, row: str, set_id: str) -> str:
         for part in (row, set_id):
-            if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", part):
-                raise ValueError(f"not a valid eval row / set id: {part!r}")
+            cls._segment(part, "eval row / set id")
         return f"eval/outcomes/{row}/{set_id}.jsonl"
 
     # -- the signal check (flowdpo signal) ------------------------------------------------------------
-    @staticmethod
-    def _signal_key(key: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9_.-]*$", key):
-            raise ValueError(f"not a valid signal-check key: {key!r}")
-        return f"signal/{key}"
+    @classmethod
+    def _signal_key(cls, key: str) -> str:
+        return f"signal/{cls._segment(key, 'signal-check key')}"
 
     @classmethod
     def signal_lengths(cls, key: str) -> str:
