@@ -259,7 +259,7 @@ def quickstart_run(spec_path: str, busy: bool, keep: str | None = None) -> dict:
             cmd = [
                 sys.executable,
                 "-m",
-                "flowdpo.cli",
+                "flowdpo.cli.main",
                 "run",
                 spec_path,
                 "--storage",

@@ -236,7 +236,7 @@ def main() -> None:
         return
 
     from flowdpo.models import BUILTINS, ModelError, builtin_part_paths
-    from flowdpo.stats import wilson_interval
+    from flowdpo.report.stats import wilson_interval
 
     names = a.models
     if not names:

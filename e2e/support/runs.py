@@ -19,7 +19,7 @@ RUN_LABEL = "flowdpo.dev/run"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 
 # The sizes of tests/conftest.py's tiny run (6 examples in shards of 3), with the short flow of
-# tests/test_compile.py's compile run (answers of 1-digit products fit in 2 chunks of 6 tokens), and the
+# tests/model/test_compile.py's compile run (answers of 1-digit products fit in 2 chunks of 6 tokens), and the
 # smallest compile that still keeps traces: 8 questions, 2 attempts each, one SFT step, 4 held-out questions.
 TINY_SPEC: dict[str, Any] = {
     "model": {"name": "builtin:smollm2-135m-instruct"},

@@ -1,4 +1,4 @@
-"""S3 for the e2e tests: the unit tests' moto server (tests/s3util.py, reused as is) plus what a cluster
+"""S3 for the e2e tests: the unit tests' moto server (tests/support/s3util.py, reused as is) plus what a cluster
 needs on top: the storage Secret a FlowDPORun names in spec.storage.secretName, and reading objects back."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import kubernetes
 
-from tests.s3util import BUCKET, CREDENTIALS, MotoS3
+from tests.support.s3util import BUCKET, CREDENTIALS, MotoS3
 
 __all__ = ["BUCKET", "CREDENTIALS", "MotoS3", "create_storage_secret", "read_json"]
 

@@ -11,13 +11,3 @@
 to the run's storage (keys in `flowdpo.storage.layout.RunLayout`: compile/, eval/). Heavy libraries are
 imported inside the functions that need them, so `import flowdpo.compile` stays cheap.
 """
-
-from flowdpo.storage.layout import COMPILE_SOURCES
-
-SOURCE_LABELS = {
-    "ground-truth": "SFT (ground truth)",
-    "self-generated": "SFT (self-generated)",
-    "flow-generated": "SFT (flow-generated)",
-}
-
-__all__ = ["COMPILE_SOURCES", "SOURCE_LABELS"]

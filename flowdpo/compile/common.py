@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from flowdpo.data import Example, load_examples
-from flowdpo.prepare import RunConflictError
+from flowdpo.run.prepare import RunConflictError
 from flowdpo.spec import RunDocument, parse_document
 from flowdpo.storage import ObjectStore, RunLayout, open_store
 

@@ -15,10 +15,8 @@ comparison with the same judge settings is reused.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 import re
-import sys
 from typing import Any
 
 from flowdpo.compile.common import CompileError
@@ -75,7 +73,7 @@ def compare_sources(
     store: ObjectStore, judge: ChatJudge, a: str, b: str, *, limit: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
     """Judge source `a` against source `b` on their shared kept questions (both orders per question)."""
-    from flowdpo.stats import wilson_interval
+    from flowdpo.report.stats import wilson_interval
 
     if a == b:
         raise CompileError("judge: pick two different trace sources")
@@ -134,37 +132,3 @@ def format_result(r: dict[str, Any]) -> str:
         return f"{head}\n{line}\n  no decided question"
     lo, hi = r["winRateA95"]
     return f"{head}\n{line}\n  win rate of {r['a']}: {100 * r['winRateA']:.1f}% (95% CI {100 * lo:.1f}%-{100 * hi:.1f}%)"
-
-
-def cmd_judge(args) -> int:
-    from flowdpo.compile.cli import _doc
-    from flowdpo.compile.common import open_run
-
-    doc = _doc(args)
-    try:
-        store = open_run(doc, require_finished=False)
-        judge = ChatJudge(args.judge_url, args.judge_model, os.environ.get(args.api_key_env))
-        result = compare_sources(store, judge, args.a, args.b, limit=args.questions, seed=doc.spec.seed)
-    except CompileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_result(result))
-    print(f"verdicts: {store.uri}/{RunLayout.compile_judge(args.a, args.b)}")
-    return 0
-
-
-def add_subparser(sub) -> None:
-    from flowdpo.storage.layout import COMPILE_SOURCES
-
-    j = sub.add_parser(
-        "judge", help="pairwise LLM judge of two trace sources (any OpenAI-compatible endpoint), win rates"
-    )
-    j.add_argument("file", help="FlowDPORun YAML of a compiled run")
-    j.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
-    j.add_argument("--judge-url", required=True, help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
-    j.add_argument("--judge-model", required=True, help="judge model name, e.g. gpt-4o (the paper's judge)")
-    j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    j.add_argument("--a", default="flow-generated", choices=COMPILE_SOURCES, help="first source")
-    j.add_argument("--b", default="self-generated", choices=COMPILE_SOURCES, help="second source")
-    j.add_argument("--questions", type=int, help="judge a seeded sample of this many questions (default all)")
-    j.set_defaults(func=cmd_judge)

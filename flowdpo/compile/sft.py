@@ -21,9 +21,9 @@ from typing import Any
 
 from flowdpo.compile.common import CompileError, fingerprint
 from flowdpo.compile.traces import check_equal_data
+from flowdpo.names import COMPILE_SOURCES
 from flowdpo.spec import RunDocument
 from flowdpo.storage import ObjectStore, RunLayout
-from flowdpo.storage.layout import COMPILE_SOURCES
 
 log = logging.getLogger(__name__)
 

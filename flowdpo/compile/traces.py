@@ -35,9 +35,10 @@ from typing import Any
 from flowdpo.compile.common import CompileError, ensure_compile_questions, fingerprint
 from flowdpo.data import Example
 from flowdpo.grading import grade
+from flowdpo.loader import load_trained_flow
+from flowdpo.names import ADAPTERS, COMPILE_SOURCES
 from flowdpo.spec import RunDocument
 from flowdpo.storage import ObjectStore, RunLayout
-from flowdpo.storage.layout import ADAPTERS, COMPILE_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,9 @@ def flow_attempts(examples, backend, prompts, flow_spec, samples: int, seed: int
     for i, st in enumerate(states):
         ex = examples[i // samples]
         text = final_text(st, prompts)
-        g = grade(text, ex.answer)
         rows.append(
-            {
-                "exampleId": ex.id,
-                "sample": i % samples,
-                "trace": text,
-                "correct": g.correct,
-                "extracted": g.extracted,
-                "tokens": sum(len(c) for c in st.chunks),
-                "chunks": len(st.chunks),
-                "endReason": st.end_reason,
-            }
+            _attempt(ex, i % samples, text, tokens=sum(len(c) for c in st.chunks), chunks=len(st.chunks),
+                     endReason=st.end_reason)
         )
     return rows
 
@@ -171,51 +163,15 @@ def base_attempts(examples, backend, prompts, flow_spec, samples: int, seed: int
     for i, ids in enumerate(outs):
         ex = examples[i // samples]
         text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
-        g = grade(text, ex.answer)
         finished = bool(ids) and ids[-1] in prompts.eos_ids
-        rows.append(
-            {
-                "exampleId": ex.id,
-                "sample": i % samples,
-                "trace": text,
-                "correct": g.correct,
-                "extracted": g.extracted,
-                "tokens": len(ids),
-                "endReason": "eos" if finished else "max_tokens",
-            }
-        )
+        rows.append(_attempt(ex, i % samples, text, tokens=len(ids), endReason="eos" if finished else "max_tokens"))
     return rows
 
 
-def load_trained_flow(doc: RunDocument, store: ObjectStore):
-    """(backend, prompts, versions): the base model with the run's Answer/Stop adapters at adapters/LATEST.json."""
-    from flowdpo.flow.backend import TransformersBackend
-    from flowdpo.flow.prompts import PromptBuilder
-    from flowdpo.models import load_base_model
-    from flowdpo.train.adapters import attach_adapters
-
-    spec = doc.spec
-    model, tok = load_base_model(spec.model, spec.device)
-    model = attach_adapters(model, spec.lora, spec.seed)
-    prompts = PromptBuilder(tok, spec.flow)
-    batch = spec.compile.batch_questions * spec.compile.samples_per_question
-    backend = TransformersBackend(model, tok, prompts.eos_ids, max_batch=min(batch, 64))
-    latest = store.get_json_or(RunLayout.adapters_latest) or {}
-    for name in ADAPTERS:
-        v = int(latest.get(name, 0))
-        if v > 0:
-            key = f"{RunLayout.adapter(name, v)}/adapter_model.safetensors"
-            backend.load_adapter(name, v, {"adapter_model.safetensors": store.get(key)})
-    inference_dtype(model)
-    return backend, prompts, backend.versions()
-
-
-def inference_dtype(model) -> None:
-    """Inference only: LoRA weights in the base model's dtype (peft keeps them in float32 for training).
-    A float32 LoRA next to bf16 weights costs a cast and a slow matmul per layer (2x the time on a CPU);
-    vLLM serves LoRA in the model dtype too."""
-    model.to(model.get_input_embeddings().weight.dtype)
-    model.eval()
+def _attempt(ex, sample: int, text: str, **extra) -> dict:
+    """One graded attempt of a candidate file (compile/candidates/<source>/part-N.jsonl)."""
+    g = grade(text, ex.answer)
+    return {"exampleId": ex.id, "sample": sample, "trace": text, "correct": g.correct, "extracted": g.extracted, **extra}
 
 
 def _plan(doc: RunDocument, versions: dict[str, int]) -> dict[str, Any]:
@@ -260,7 +216,9 @@ def generate_candidates(
         if not store.exists(RunLayout.compile_candidates(s, p))
     ]
     if any(s != "ground-truth" for s, _ in missing):
-        backend, prompts, served = load_trained_flow(doc, store)
+        batch = doc.spec.compile.batch_questions * doc.spec.compile.samples_per_question
+        backend, prompts = load_trained_flow(doc, store, min(batch, 64), cast_lora=True)
+        served = backend.versions()
         if served != versions:
             raise CompileError(
                 f"loaded adapter versions {served} differ from adapters/LATEST.json {versions}"

@@ -66,7 +66,8 @@ class TransformersBackend:
     calls `set_versions`, which drops what was cached for the old weights."""
 
     def __init__(self, model, tokenizer, eos_ids: frozenset[int], max_batch: int = 64, fast: bool | None = None):
-        from flowdpo.flow.decoding import Decoder, _hf_model, supports_fast_path
+        from flowdpo.flow.decoding import Decoder
+        from flowdpo.flow.forward import hf_model, supports_fast_path
 
         self.model = model
         self.tokenizer = tokenizer
@@ -75,7 +76,7 @@ class TransformersBackend:
         self._versions: dict[str, int] = {"answer": 0, "stop": 0}
         self._fallback_tokens = 0
         if fast is None:
-            fast = supports_fast_path(_hf_model(model))
+            fast = supports_fast_path(hf_model(model))
         self.decoder = Decoder(model, eos_ids, tokenizer.pad_token_id, max_batch=max_batch) if fast else None
 
     @property
@@ -184,7 +185,7 @@ class TransformersBackend:
 
     @torch.no_grad()
     def _next_token_logprobs_hf(self, contexts, adapter, token_ids):
-        from flowdpo.flow.decoding import causal_lm_logits
+        from flowdpo.flow.forward import causal_lm_logits
 
         out: list[list[float] | None] = [None] * len(contexts)
         was_training = self.model.training

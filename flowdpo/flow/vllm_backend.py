@@ -1,6 +1,6 @@
 """`VLLMBackend`: the `GenerationBackend` protocol over a vLLM OpenAI-compatible server (HTTP).
 
-How it talks to vLLM (verified against vLLM 0.32, see tests/test_vllm_backend.py):
+How it talks to vLLM (verified against vLLM 0.32, see tests/integration/test_vllm_backend.py):
 
 - **Prompts are token ids** (`/v1/completions` with `prompt: [ids]`), and the generated tokens come back as
   ids (`return_token_ids: true` -> `choices[i].token_ids`), so nothing is re-tokenized. Generation stops on
@@ -29,7 +29,6 @@ by default; in the cluster an emptyDir mounted into both the worker and the vLLM
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,9 +42,11 @@ from pathlib import Path
 
 import httpx
 
+from flowdpo.flow.served_adapters import BASE_ZERO, ServedAdapters, lora_name
+from flowdpo.train.adapters import zero_adapter_files
+
 log = logging.getLogger(__name__)
 
-BASE_ZERO = "base-zero"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -59,44 +60,6 @@ class VLLMUnavailable(VLLMError):
 
 class VLLMAdapterError(VLLMError):
     """The server could not load a LoRA adapter (missing folder, rank above --max-lora-rank, ...)."""
-
-
-def lora_name(adapter: str, version: int) -> str:
-    """The server-side name of one adapter version: a new name per version, never reused in place."""
-    return f"{adapter}-v{version}"
-
-
-def zero_adapter_files(model_path: str, lora) -> dict[str, bytes]:
-    """A peft LoRA adapter folder ({filename: bytes}) for `model_path` with every LoRA weight zero: the model
-    with it is exactly the base model. `lora` is a `flowdpo.spec.LoraSpec`. The model is instantiated on the
-    meta device (shapes only), so no weights are read."""
-    import torch
-    from peft import get_peft_model
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save as save_safetensors
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from flowdpo.train.adapters import lora_config
-
-    config = AutoConfig.from_pretrained(model_path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    peft_model = get_peft_model(model, lora_config(lora), adapter_name="zero")
-    state = {
-        k: torch.zeros(tuple(v.shape), dtype=torch.bfloat16)
-        for k, v in get_peft_model_state_dict(peft_model, adapter_name="zero").items()
-    }
-    if not state:
-        raise ValueError(f"LoRA target_modules {lora.target_modules!r} match no module of {model_path}")
-    cfg = {
-        k: (sorted(v) if isinstance(v, set) else v)
-        for k, v in peft_model.peft_config["zero"].to_dict().items()
-    }
-    cfg["base_model_name_or_path"] = None
-    return {
-        "adapter_model.safetensors": save_safetensors(state),
-        "adapter_config.json": (json.dumps(cfg, indent=1, default=str) + "\n").encode(),
-    }
 
 
 class VLLMBackend:
@@ -152,6 +115,7 @@ class VLLMBackend:
             raise ValueError(f"name_prefix {name_prefix!r}: use letters, digits, '-', '_', '.'")
         self.name_prefix = name_prefix
         self._base_name = name_prefix + BASE_ZERO
+        self._names = ServedAdapters(self._base_name)  # which name each request uses; when old ones unload
         self._http = httpx.Client(
             timeout=httpx.Timeout(request_timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
@@ -159,12 +123,8 @@ class VLLMBackend:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="vllm-req")
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one adapter load / (re)registration at a time
-        self._versions: dict[str, int] = {"answer": 0, "stop": 0}
-        self._current: dict[str, str] = {}  # adapter -> served lora name (absent: version 0 = base-zero)
         self._paths: dict[str, str] = {}  # served lora name -> folder as the server sees it
         self._local: dict[str, Path] = {}  # served lora name -> local folder
-        self._inflight: dict[str, int] = {}
-        self._retired: set[str] = set()
         self._ready = False
         self.tokens_generated = 0
         self.last_load_seconds: dict[str, float] = {}  # adapter -> seconds of its last load_adapter
@@ -176,8 +136,7 @@ class VLLMBackend:
         """Nothing to drop client-side: the server's prefix cache never changes which tokens a request gets."""
 
     def versions(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._versions)
+        return self._names.versions()
 
     def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
         if not contexts:
@@ -276,16 +235,10 @@ class VLLMBackend:
                 t1 = time.monotonic()
                 self._register(served, self._server_path(local))
                 t2 = time.monotonic()
-            with self._lock:
-                if not already:
+            if not already:
+                with self._lock:
                     self._local[served] = local
-                old = self._current.get(name)
-                self._current[name] = served
-                self._versions[name] = version
-                self._retired.discard(served)
-                if old is not None and old != served:
-                    self._retired.add(old)
-                idle = [n for n in self._retired if self._inflight.get(n, 0) == 0]
+            idle = self._names.switch(name, version, served)
         for n in idle:
             self._retire(n)
         total = t2 - t0
@@ -341,12 +294,10 @@ class VLLMBackend:
 
     def served_names(self) -> dict[str, str]:
         """adapter -> the served lora name new requests use (None = the base model via base-zero)."""
-        with self._lock:
-            return {a: self._current.get(a, self._base_name) for a in self._versions}
+        return self._names.current()
 
     def inflight(self) -> dict[str, int]:
-        with self._lock:
-            return {k: v for k, v in self._inflight.items() if v}
+        return self._names.inflight()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -422,10 +373,8 @@ class VLLMBackend:
 
     def _retire(self, served: str) -> None:
         """Unload a retired name whose requests have all finished (called with no lock held)."""
-        with self._lock:
-            if served not in self._retired or self._inflight.get(served, 0):
-                return
-            self._retired.discard(served)
+        if not self._names.take_retired(served):
+            return
         try:
             self._unload_now(served, delete=True)
             self.unloaded.append(served)
@@ -435,24 +384,11 @@ class VLLMBackend:
 
     def _acquire(self, adapter: str | None) -> str:
         self.ensure_ready()
-        with self._lock:
-            if adapter is None:
-                name = self._base_name
-            elif adapter in self._versions:
-                name = self._current.get(adapter, self._base_name)
-            else:
-                raise ValueError(
-                    f"unknown adapter {adapter!r}; known: {sorted(self._versions)} or None (base model)"
-                )
-            self._inflight[name] = self._inflight.get(name, 0) + 1
-            return name
+        return self._names.acquire(adapter)
 
     def _release(self, name: str) -> None:
-        with self._lock:
-            self._inflight[name] -= 1
-            unload = self._inflight[name] == 0 and name in self._retired
-        if unload:
-            self._retire(name)
+        for idle in self._names.release(name):
+            self._retire(idle)
 
     def _reregister_all(self) -> None:
         """The server forgot our adapters (it restarted): load every name we still use again."""

@@ -35,16 +35,15 @@ signal/<key>/report.json           the signal check's summary (flowdpo signal)
 sft-<source>.
 All objects are immutable except the LATEST pointers, progress.json and the claim leases, which are
 overwritten whole (a lease only by the worker that created its attempt). The claim protocol is in
-`flowdpo.distributed.claims`; a shard is done when its results object exists.
+`flowdpo.run.claims`; a shard is done when its results object exists.
 """
 
 from __future__ import annotations
 
 import re
 
-ADAPTERS = ("answer", "stop")
-# Trace sources of the compile step (paper Table 1 rows): dataset solutions, base model, trained flow.
-COMPILE_SOURCES = ("ground-truth", "self-generated", "flow-generated")
+from flowdpo.names import ADAPTERS, COMPILE_SOURCES
+
 _SHARD_RE = re.compile(r"shard-(\d{6})\.")
 _CLAIM_RE = re.compile(r"^claims/shard-(\d{6})/(attempt|lease)-(\d{4,})\.json$")
 _STATE_RE = re.compile(r"^trainer/state/(\d{6})(-final)?\.json$")

@@ -284,15 +284,22 @@ class ObjectStore:
             if path.is_file():
                 self.put(f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}", path.read_bytes())
 
+    def get_files(self, prefix: str) -> dict[str, bytes]:
+        """Every object under `prefix/` as {path relative to prefix: bytes} (empty if there is none)."""
+        base = prefix.rstrip("/") + "/"
+        return {key[len(base) :]: self.get(key) for key in self.list(base)}
+
     def get_folder(self, prefix: str, folder: Path) -> Path:
         """Download every object under `prefix/` into a local folder."""
-        keys = self.list(prefix.rstrip("/") + "/")
-        if not keys:
+        files = self.get_files(prefix)
+        if not files:
             raise KeyError(prefix)
-        for key in keys:
-            dest = folder / key[len(prefix.rstrip("/")) + 1 :]
+        for rel, blob in files.items():
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise StoreError(f"{self.uri}/{prefix}: refusing to write object {rel!r} outside {folder}")
+            dest = folder / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(self.get(key))
+            dest.write_bytes(blob)
         return folder
 
 

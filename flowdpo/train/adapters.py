@@ -11,8 +11,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from flowdpo.names import ADAPTERS
 from flowdpo.spec import LoraSpec
-from flowdpo.storage.layout import ADAPTERS
 
 
 def lora_config(spec: LoraSpec) -> LoraConfig:
@@ -89,3 +89,34 @@ def optimizer_bytes(opt: torch.optim.Optimizer) -> bytes:
 
 def load_optimizer(opt: torch.optim.Optimizer, data: bytes) -> None:
     opt.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+
+
+def zero_adapter_files(model_path: str, lora) -> dict[str, bytes]:
+    """A peft LoRA adapter folder ({filename: bytes}) for `model_path` with every LoRA weight zero: the model
+    with it is exactly the base model. `lora` is a `flowdpo.spec.LoraSpec`. The model is instantiated on the
+    meta device (shapes only), so no weights are read."""
+    import torch
+    from peft import get_peft_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save as save_safetensors
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    peft_model = get_peft_model(model, lora_config(lora), adapter_name="zero")
+    state = {
+        k: torch.zeros(tuple(v.shape), dtype=torch.bfloat16)
+        for k, v in get_peft_model_state_dict(peft_model, adapter_name="zero").items()
+    }
+    if not state:
+        raise ValueError(f"LoRA target_modules {lora.target_modules!r} match no module of {model_path}")
+    cfg = {
+        k: (sorted(v) if isinstance(v, set) else v)
+        for k, v in peft_model.peft_config["zero"].to_dict().items()
+    }
+    cfg["base_model_name_or_path"] = None
+    return {
+        "adapter_model.safetensors": save_safetensors(state),
+        "adapter_config.json": (json.dumps(cfg, indent=1, default=str) + "\n").encode(),
+    }

@@ -66,7 +66,7 @@ def sequence_logps(model, prompts: list[list[int]], completions: list[list[int]]
     Rows are left-padded so that every completion ends at the last position; then only the last
     K+1 positions' logits are computed (from a contiguous hidden state), K = the longest completion.
     """
-    from flowdpo.flow.decoding import causal_lm_logits
+    from flowdpo.flow.forward import causal_lm_logits
 
     seqs = [p + c for p, c in zip(prompts, completions)]
     k = max(len(c) for c in completions)
@@ -94,9 +94,9 @@ def shared_prompt_logps(
     tokens), and no row is padded to another pair's prompt length plus completion."""
     from transformers.cache_utils import DynamicCache
 
-    from flowdpo.flow.decoding import _hf_model, lm_logits
+    from flowdpo.flow.forward import hf_model, lm_logits
 
-    hf = _hf_model(model)
+    hf = hf_model(model)
     n = len(prompts)
     p_ids, p_mask, p_pos = _left_pad(prompts, pad_id, model.device)
     cache = DynamicCache()
@@ -125,7 +125,7 @@ def shared_prompt_logps(
 
 def next_token_logps(model, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
     """Log-softmax of the next token after each prompt, shape [B, vocab] (float32)."""
-    from flowdpo.flow.decoding import causal_lm_logits
+    from flowdpo.flow.forward import causal_lm_logits
 
     ids, mask, pos = _left_pad(prompts, pad_id, model.device)
     logits = causal_lm_logits(model, ids, mask, pos, keep=1)[:, -1, :].float()

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from flowdpo.names import ADAPTERS
 from flowdpo.spec import RunSpec
 from flowdpo.storage import ObjectStore, RunLayout
-from flowdpo.storage.layout import ADAPTERS
 from flowdpo.train.adapters import (
     adapter_files,
     adapter_parameters,

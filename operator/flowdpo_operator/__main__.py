@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after argument parsing: `--help` answers at once.
     import kopf
 
-    from flowdpo.metrics import OperatorMetrics
+    from flowdpo_operator.metrics import OperatorMetrics
 
     from .controller import Controller
     from .handlers import OperatorOptions, register

@@ -15,8 +15,8 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
 
-from flowdpo.metrics import OperatorMetrics
 from flowdpo.spec import RunDocument
+from flowdpo_operator.metrics import OperatorMetrics
 
 from .builders import Owner
 from .k8s import Cluster

@@ -24,8 +24,8 @@ from typing import Any
 
 import kopf
 
-from flowdpo.crd import PLURAL, VERSION
 from flowdpo.spec import API_GROUP
+from flowdpo_operator.crd import PLURAL, VERSION
 
 from .controller import Controller
 from .k8s import ApiError

@@ -26,9 +26,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from flowdpo.storage.layout import ADAPTERS
+from flowdpo.names import ADAPTERS
 
-PHASES = ("Pending", "Preparing", "Training", "Compiling", "Succeeded", "Failed")
 CONDITION_TYPES = (
     "Valid", "StorageReady", "Prepared", "Trained", "Compiled", "Evaluated", "Suspended", "Succeeded", "Failed",
 )  # fmt: skip
@@ -106,7 +105,7 @@ def without_nulls(value: Any) -> Any:
 
 
 def progress_fields(progress: Mapping[str, Any]) -> dict[str, Any]:
-    """The status fields mirrored from progress.json (flowdpo.progress.build_progress)."""
+    """The status fields mirrored from progress.json (flowdpo.run.progress.build_progress)."""
     pairs = {a: dict(progress.get("pairs", {}).get(a, {"mined": 0, "trained": 0})) for a in ADAPTERS}
     versions = {a: int(progress.get("adapterVersions", {}).get(a, 0)) for a in ADAPTERS}
     return {

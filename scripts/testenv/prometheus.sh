@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Print the path of a real Prometheus server binary for tests (tests/test_prometheus_scrape.py), fetching it
+# Print the path of a real Prometheus server binary for tests (tests/integration/test_prometheus_scrape.py), fetching it
 # once from Debian WITHOUT installing it:
 #
 #   bash scripts/testenv/prometheus.sh            -> /root/.cache/flowdpo/prometheus/2.42.0+ds-5+deb12u1/bin/prometheus

@@ -20,7 +20,7 @@ ROOT = HERE.parents[2]
 sys.path.insert(0, str(ROOT))
 
 from flowdpo.grading import grade
-from flowdpo.stats import clustered_bootstrap_difference, wilson_interval
+from flowdpo.report.stats import clustered_bootstrap_difference, wilson_interval
 from flowdpo.storage import RunLayout, open_store
 
 SET = "heldout"

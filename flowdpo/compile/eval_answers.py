@@ -1,0 +1,129 @@
+"""How each row of the compile table answers: 0-shot and SFT models one pass per question, the flow chunk by chunk with its Stop adapter, all graded the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flowdpo.data import Example
+from flowdpo.grading import grade
+
+
+def graded_outcome(ex: Example, text: str, **extra: Any) -> dict:
+    """One eval outcome record (eval/outcomes/<row>/<set>.jsonl): the answer, what was extracted, correct."""
+    g = grade(text, ex.answer)
+    return {
+        "exampleId": ex.id,
+        "question": ex.question,
+        "gold": ex.answer,
+        "answer": text,
+        "extracted": g.extracted,
+        "correct": g.correct,
+        **extra,
+    }
+
+
+def answer_questions(
+    backend,
+    prompts,
+    adapter: str | None,
+    examples: Sequence[Example],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    top_p: float = 1.0,
+) -> list[dict]:
+    import torch
+
+    torch.manual_seed(seed)
+    outs = backend.generate(
+        [prompts.answer_prompt(ex.question) for ex in examples], adapter, max_new_tokens, temperature, top_p
+    )
+    rows = []
+    for ex, ids in zip(examples, outs):
+        text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
+        rows.append(graded_outcome(ex, text, tokens=len(ids)))
+    return rows
+
+
+def answer_with_flow(
+    backend,
+    prompts,
+    spec,
+    examples: Sequence[Example],
+    trained: bool,
+    samples: int = 1,
+    batch_questions: int = 64,
+) -> list[dict]:
+    """Each question answered `samples` times by the flow (Answer chunks + Stop decisions, the flow's sampling
+    settings), in blocks of `batch_questions` questions; trained=False: the untrained flow (base model in both
+    roles). Every call starts from the same seeds, so two flows see the same random stream as far as their
+    batches agree. Each record carries its sample index, the Stop probabilities and the partial answers' end."""
+    import random
+
+    import torch
+
+    from flowdpo.flow.engine import run_flows
+    from flowdpo.flow.rollouts import final_text, main_state
+
+    torch.manual_seed(spec.seed)
+    rng = random.Random(spec.seed)
+    out: list[dict] = []
+    for start in range(0, len(examples), batch_questions):
+        block = examples[start : start + batch_questions]
+        states = [main_state(ex, prompts, use_adapters=trained) for ex in block for _ in range(samples)]
+        backend.reset()
+        run_flows(states, backend, prompts, spec.flow, rng)
+        for i, st in enumerate(states):
+            ex = block[i // samples]
+            out.append(
+                graded_outcome(
+                    ex,
+                    final_text(st, prompts),
+                    sample=i % samples,
+                    chunks=len(st.chunks),
+                    endReason=st.end_reason,
+                    pStop=[round(p, 4) for p in st.p_stop],
+                    tokens=st.tokens,
+                    partials=[
+                        prompts.decode(st.partial_ids(prompts.eos_ids, upto=k + 1))
+                        for k in range(len(st.decisions))
+                    ],
+                )
+            )
+    return out
+
+
+def stop_discrimination(backend, prompts, spec, outcomes: Sequence[dict]) -> dict[str, Any]:
+    """How well the Stop decision separates partial answers that are already right from the others, before
+    and after training, on the SAME partial answers: every point where the untrained flow asked its Stop LLM
+    on the held-out questions (`outcomes`: its eval records). A partial answer is "complete" when stopping
+    there would be graded correct. Reported per Stop model: AUC of P(yes) (bootstrap 95% interval) and the
+    mean P(yes) of each class."""
+    from flowdpo.flow.engine import stop_probability
+    from flowdpo.grading import grade
+    from flowdpo.report.stats import auc, auc_interval
+
+    points = [
+        (r["question"], text, grade(text, r["gold"]).correct)
+        for r in outcomes
+        for text in r.get("partials", [])
+    ]
+    out: dict[str, Any] = {"partials": len(points), "complete": sum(1 for *_, c in points if c)}
+    if not points:
+        return out
+    contexts = [prompts.stop_prompt(q, text) for q, text, _ in points]
+    decision = prompts.yes_ids + prompts.no_ids
+    for name, adapter in (("untrained", None), ("trained", "stop")):
+        logps = backend.next_token_logprobs(contexts, adapter, decision)
+        p = [stop_probability(lp, len(prompts.yes_ids), spec.flow.stop_temperature) for lp in logps]
+        pos = [x for x, (*_, c) in zip(p, points) if c]
+        neg = [x for x, (*_, c) in zip(p, points) if not c]
+        ci = auc_interval(pos, neg)
+        out[name] = {
+            "auc": auc(pos, neg),
+            "aucCi95": list(ci) if ci else None,
+            "meanPYesComplete": sum(pos) / len(pos) if pos else None,
+            "meanPYesIncomplete": sum(neg) / len(neg) if neg else None,
+        }
+    return out

@@ -1,0 +1,279 @@
+"""What a candidate answer is: wrappers removed, unfinished texts refused, the value it states, its parts (`3, 5`; `x = 1 or x = -2`; `x=±1`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from flowdpo.grading.rules import (
+    ARITH_OP_RE,
+    CONNECTIVES,
+    EXP,
+    FACTORIAL_RE,
+    LAST_WORD_RE,
+    MAX_ANSWER_CHARS,
+    MINUS,
+    NUMBER,
+    POWER_RE,
+    PURE_ARITHMETIC_RE,
+    SCI_RE,
+    SIMPLE_VALUE_RE,
+    TRAILING_WRAP_RE,
+    UNFINISHED_END_RE,
+)
+
+
+@dataclass(frozen=True)
+class Statement:
+    start: int  # where the statement starts in the text
+    end: int  # where its candidate ends
+    candidate: str
+
+
+# ----------------------------------------------------------------------------------------------------
+# candidate clean-up
+
+
+def strip_wrappers(s: str) -> str:
+    """Remove markdown/LaTeX wrappers and trailing punctuation around a candidate answer."""
+    prev = None
+    while prev != s:
+        prev = s
+        s = s.strip()
+        s = re.sub(r"^(?:\*\*|__|`|\$|\\\(|\\\[)+", "", s)
+        s = re.sub(r"(?:\*\*|__|`|\$|\\\)|\\\])+$", "", s)
+        s = s.rstrip(".,;?").strip()
+        s = re.sub(r"(?<![\d}])!+$", "", s).strip()  # "13!" is handled by the caller (factorial or not)
+        s = re.sub(r"^\\\$", "", s)  # a currency sign "\$18.90"
+        s = re.sub(r"^\\(?:displaystyle|textstyle)\s*", "", s)
+    return s
+
+
+def is_unfinished(text: str, strict: bool = False) -> bool:
+    """True when the text ends mid-expression ("12 + 1 =", "so 12 +", "The answer is:", "13,") or
+    mid-clause ("..., which is", "we get", "the sum of").
+
+    `strict` (whole texts, not candidates): also a text that stops mid-sentence, with no final
+    punctuation after a word that is not the unit of a number ("... multiplying the numerator" is cut
+    off; "so Tom has 10 apples" is finished).
+    """
+    t = text.replace(MINUS, "-").rstrip()
+    t = TRAILING_WRAP_RE.sub("", t).rstrip()
+    if not t:
+        return True
+    if UNFINISHED_END_RE.search(t):
+        return True
+    if t[-1].isalpha() or t[-1] == "'":
+        m = LAST_WORD_RE.search(t)
+        if m and m.group(1).lower() in CONNECTIVES:
+            return True
+        if strict:
+            last = re.split(r"[.;!?:\n]", t)[-1]
+            unit = re.search(r"\d[%)}\]]?\s+([A-Za-z][\w'-]*)(?:\s+[A-Za-z][\w'-]*){0,2}$", last)
+            if unit is None or unit.group(1).lower() in CONNECTIVES:
+                return True  # "... multiply 12 by the numerator"; "... has 10 apples" is finished
+    return False
+
+
+def _is_value_notation(s: str) -> bool:
+    s = s.replace(" ", "")
+    return bool(POWER_RE.match(s) or SCI_RE.match(s) or FACTORIAL_RE.match(s))
+
+
+_VERBAL_EQUALS_RE = re.compile(
+    r",?\s*\b(?:(?:which|that|this)\s+(?:is|equals|gives(?:\s+us)?|makes)|equals|is\s+equal\s+to)\b\s*",
+    re.IGNORECASE,
+)
+# A cut-off tail that is itself an answer statement being written ("... The correct answer").
+PENDING_STATEMENT_RE = re.compile(
+    r"\b(?:answer|result|final(?:ly)?|so|therefore|thus|hence)\b", re.IGNORECASE
+)
+_LEADING_VALUE_RE = re.compile(
+    rf"^(?:[-+]?\d+(?:\.\d+)?\s*(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*{EXP}"
+    rf"|[-+]?\d+\s*\^\s*{EXP}|(?:{NUMBER})(?:\s*/\s*\d+(?![\d.]))?)"
+)
+
+
+def _leading_number(s: str, math_ctx: bool) -> str | None:
+    """The value that starts "13 apples", "1,234, which is ...", "2^10, which is large", "7 because
+    3 + 4 = 7" (None if the candidate does not start with a value followed by words or punctuation)."""
+    m = _LEADING_VALUE_RE.match(s)
+    if not m:
+        return None
+    rest = s[m.end() :]
+    if not rest.strip():
+        return None  # the whole candidate is the value: nothing to cut
+    rest = re.sub(r"^(?:\*\*|__|`|\$)+(?=\W|$)", "", rest)  # "**13**, which ..."
+    if re.match(r"^\s*(?:\^|\\times|\\cdot|\*|×|/|\.\d|\\%)", rest):
+        return None  # the value goes on (an expression): not a value followed by words
+    if rest.startswith("!"):
+        if math_ctx or re.match(r"^!\s*[\w\\(=]", rest):
+            return None  # a factorial: 5! (in math context), "5! = 120"
+        return m.group(0).strip()  # prose: "The answer is 5!" is an exclamation
+    if re.match(r"^(?:\s*$|\s+[A-Za-z]|\s*[%,;:?)\]]|\s*\\(?:text|mbox|mathrm|,|;|quad)\b)", rest):
+        return m.group(0).strip()
+    return None
+
+
+def _last_top_level_eq(s: str) -> int:
+    """Index of the last "=" outside brackets (not the "k=1" of "sum_(k=1)^n"), or -1."""
+    depth = 0
+    found = -1
+    for i, c in enumerate(s):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif c == "=" and depth == 0:
+            found = i
+    return found
+
+
+def finalize(candidate: str, math_ctx: bool = False) -> str | None:
+    """Turn the text after an answer marker (or a box's content) into one final answer, or None.
+
+    Keeps multi-part lists whole, the part after the last "=", the leading number of "13 apples" and
+    value notations (2^10, 5!, 1.5 \\times 10^3); rejects unevaluated arithmetic such as "12 + 1".
+    """
+    raw = candidate.replace(MINUS, "-").strip()
+    if not raw:
+        return None
+    math_ctx = math_ctx or raw.startswith(("$", "\\(", "\\["))
+    s = strip_wrappers(raw)
+    if not s:
+        return None
+    if split_parts(s) is not None:
+        return s  # "3, 5", "x = 1 or x = -2": a multi-part answer, compared as a set
+    lead = _leading_number(s, math_ctx)
+    if lead is not None and not SIMPLE_VALUE_RE.match(s):
+        return lead  # "13 apples", "1,234, which is ...", "7 because 3 + 4 = 7"
+    if len(s) > MAX_ANSWER_CHARS:
+        return None
+    # "2 + 3, which equals 5" / "12 + 1 which is 13": the value after a verbal "="
+    s = _VERBAL_EQUALS_RE.sub(" = ", s)
+    eq = _last_top_level_eq(s)
+    if eq >= 0 and not re.search(r"[<>]=|=[<>]|\\[lg]eq?\b|\\neq\b", s):
+        s = strip_wrappers(s[eq + 1 :])
+        if not s:
+            return None
+        lead = _leading_number(s, math_ctx)
+        if lead is not None and not SIMPLE_VALUE_RE.match(s):
+            return lead
+    if not s or is_unfinished(s):
+        return None
+    if s.endswith("!") and not math_ctx and not FACTORIAL_RE.match(s.replace(" ", "")):
+        s = s.rstrip("!").strip()
+    if _is_value_notation(s):
+        return s
+    if PURE_ARITHMETIC_RE.match(s) and not SIMPLE_VALUE_RE.match(s):
+        body = s.strip("()[]{} ")
+        if SIMPLE_VALUE_RE.match(body):
+            return body
+        if _is_value_notation(body):
+            return body
+        if ARITH_OP_RE.search(body.lstrip("+-")) or "!" in body:
+            return None  # an expression, not its value
+    return s
+
+
+# ----------------------------------------------------------------------------------------------------
+# multi-part answers
+
+_PART_SEP_RE = re.compile(
+    r"\s*(?:,\s*(?:and|or)\s+|;\s*|\s(?:and|or)\s|\\text\{\s*(?:and|or|,)\s*\}|\\(?:quad|qquad)\b)\s*"
+    r"|,(?!\d{3}(?!\d))\s*"
+)
+LHS_RE = re.compile(r"^\s*([A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?)\s*=\s*(?!=)")
+_WORD_RE = re.compile(r"(?<!\\)\b[A-Za-z]{2,}\b")
+
+
+def _top_level_split(s: str) -> list[str]:
+    """Split `s` at part separators that are outside (), [], {}."""
+    parts: list[str] = []
+    depth = 0
+    last = 0
+    i = 0
+    n = len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in "{}":
+            i += 2
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            m = _PART_SEP_RE.match(s, i)
+            if m and m.end() > i:
+                parts.append(s[last:i])
+                last = m.end()
+                i = m.end()
+                continue
+        i += 1
+    parts.append(s[last:])
+    return parts
+
+
+def _answer_like(part: str) -> bool:
+    """A part of a multi-part answer: an optional "x =" then a short math value, no prose words."""
+    p = LHS_RE.sub("", part.strip(), count=1).strip()
+    p = strip_wrappers(p)
+    if not p or len(p) > 60:
+        return False
+    if not re.search(r"[\d\\]|^[-+±]?[A-Za-z]$", p):
+        return False
+    unit = re.match(rf"^(?:{NUMBER})\s+([A-Za-z]+)(?:\s+[A-Za-z]+)?$", p)
+    if unit and unit.group(1).lower() not in CONNECTIVES:
+        return True  # "13 apples" in "13 apples, 2 pears"
+    no_cmds = re.sub(r"\\[A-Za-z]+", " ", p)
+    return not _WORD_RE.search(no_cmds) and not _is_arithmetic(p)
+
+
+def _is_arithmetic(p: str) -> bool:
+    """An unevaluated numeric expression ("12 + 1") is not a part."""
+    q = p.replace(" ", "").replace("±", "")
+    return bool(
+        PURE_ARITHMETIC_RE.match(q)
+        and not SIMPLE_VALUE_RE.match(q)
+        and not _is_value_notation(q)
+        and ARITH_OP_RE.search(q.lstrip("+-"))
+    )
+
+
+def _unwrap_set(s: str) -> str:
+    """`\\{1, -2\\}` / `{1, -2}` (a set written with braces) -> its content; other text unchanged."""
+    t = s.strip()
+    for open_, close in (("\\{", "\\}"), ("\\left\\{", "\\right\\}")):
+        if t.startswith(open_) and t.endswith(close):
+            return t[len(open_) : -len(close)]
+    return t
+
+
+def split_parts(s: str) -> list[str] | None:
+    """The parts of a multi-part answer ("3, 5" -> ["3", "5"]), or None when `s` is one answer."""
+    t = _unwrap_set(strip_wrappers(s.replace(MINUS, "-")))
+    if len(t) > MAX_ANSWER_CHARS:
+        return None
+    parts = [p.strip() for p in _top_level_split(t)]
+    if len(parts) < 2 or not all(_answer_like(p) for p in parts):
+        return None
+    return parts
+
+
+def expand_parts(parts: list[str]) -> list[tuple[str | None, str]]:
+    """(name, value) per part; "x=16" -> ("x", "16"); "±2" -> two parts (2 and -2)."""
+    out: list[tuple[str | None, str]] = []
+    for part in parts:
+        m = LHS_RE.match(part)
+        lhs = m.group(1).replace(" ", "") if m else None
+        value = strip_wrappers(part[m.end() :] if m else part)
+        if "=" in value:
+            value = strip_wrappers(value.rsplit("=", 1)[1])
+        pm = value.replace("\\pm", "±")
+        if pm.count("±") == 1:
+            plus = pm[1:] if pm.startswith("±") else pm.replace("±", "+")
+            out += [(lhs, plus.strip()), (lhs, pm.replace("±", "-").strip())]
+        else:
+            out.append((lhs, value))
+    return out

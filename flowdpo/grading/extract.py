@@ -1,0 +1,331 @@
+"""Which answer a text gives: statements (boxed, ####, answer phrases, value statements), corrections, unmarked text."""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator
+
+from flowdpo.data.answers import UnclosedBox, all_boxed
+from flowdpo.grading.candidates import (
+    PENDING_STATEMENT_RE,
+    Statement,
+    finalize,
+    is_unfinished,
+    split_parts,
+    strip_wrappers,
+)
+from flowdpo.grading.rules import (
+    ANSWER_PHRASE_RE,
+    ANY_NUMBER_RE,
+    BARE_MAX_CHARS,
+    BARE_MAX_WORDS,
+    CALCULATOR_RE,
+    COMPUTATION_RE,
+    CONCLUSION_START_RE,
+    CONCLUSION_VERB_RE,
+    CORRECTION_HARD_RE,
+    CORRECTION_SOFT_RE,
+    LAST_MARKERS,
+    MAX_TEXT_CHARS,
+    MINUS,
+    NUMBER,
+    RESTATE_RE,
+    REVERSE_ANSWER_RE,
+    SENTENCE_END_RE,
+    VALUE_STATEMENT_RE,
+    WINDOW,
+)
+
+
+def _candidate_after(text: str, pos: int) -> tuple[str | None, int]:
+    """The finalized candidate in the sentence that starts at `pos`, and where that sentence ends."""
+    rest = text[pos : pos + WINDOW]
+    lead_ws = len(rest) - len(rest.lstrip(" \t*_:"))
+    rest = rest[lead_ws:]
+    end = SENTENCE_END_RE.search(rest)
+    # a "$...$" / "\(...\)" answer may hold "." or ";" inside, and prose may follow it: the math span is
+    # the candidate ("$\frac{1}{6}$, so there is a 1 in 6 chance" -> \frac{1}{6})
+    math_span = None
+    for open_, close_ in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(open_):
+            close = rest.find(close_, len(open_))
+            if close > 0:
+                math_span = rest[: close + len(close_)]
+                if end is None or end.start() < close:
+                    end = SENTENCE_END_RE.search(rest, close + len(close_))
+            break
+    stop = end.start() if end else len(rest)
+    piece = rest[:stop]
+    if math_span is not None and piece.strip() != math_span.strip():
+        cand = finalize(math_span)
+        if cand is not None:
+            return cand, pos + lead_ws + stop
+    if end is None and is_unfinished(piece):
+        return None, pos + lead_ws + stop
+    return finalize(piece), pos + lead_ws + stop
+
+
+def _valid(cand: str | None) -> bool:
+    """A candidate that looks like a math answer: a digit, LaTeX, a list, or a short symbolic answer
+    ("n", "n!", "2n"); a prose word ("the answer is correct") is not one."""
+    if cand is None:
+        return False
+    if re.search(r"[\d\\]", cand) or split_parts(cand):
+        return True
+    return bool(re.fullmatch(r"[A-Za-z]|[-+]?[A-Za-z0-9]{1,3}[!^*/+()_'][\w!^*/+()'-]{0,16}", cand))
+
+
+def _last(matches: Iterator[re.Match[str]]) -> list[re.Match[str]]:
+    """The last few matches: only the last statements can decide the answer (keeps long texts fast)."""
+    return list(deque(matches, maxlen=LAST_MARKERS))
+
+
+def _boxed_statements(text: str) -> list[Statement]:
+    out = []
+    for start, end, content in all_boxed(text)[-LAST_MARKERS:]:
+        cand = finalize(content, math_ctx=True)
+        out.append(Statement(start, end, cand if cand is not None else ""))
+    return out
+
+
+def _hash_statements(text: str) -> list[Statement]:
+    out = []
+    for m in _last(re.finditer(r"####", text)):
+        cand, end = _candidate_after(text, m.end())
+        out.append(Statement(m.start(), end, cand or ""))
+    return out
+
+
+def _phrase_statements(text: str) -> list[Statement]:
+    """Answer phrases (see the module docstring), in text order."""
+    out: list[Statement] = []
+    for m in _last(ANSWER_PHRASE_RE.finditer(text)):
+        cand, end = _candidate_after(text, m.end())
+        if _valid(cand):
+            out.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
+    for m in _last(REVERSE_ANSWER_RE.finditer(text)):
+        cand = finalize(m.group(1))
+        if _valid(cand):
+            out.append(Statement(m.start(), m.end(), cand))  # type: ignore[arg-type]
+    out.sort(key=lambda s: (s.end, s.start))
+    return out
+
+
+def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
+    """A conclusion sentence's value: "So, 13." / "Therefore, x = 5" / "So he has 10 apples"."""
+    rest = text[pos : pos + WINDOW]
+    end = SENTENCE_END_RE.search(rest)
+    stop = end.start() if end else len(rest)
+    sentence = rest[:stop]
+    if not sentence.strip() or (end is None and is_unfinished(sentence)):
+        return None
+    bare = sentence.strip()
+    if len(bare) <= BARE_MAX_CHARS and re.match(r"^(?:\$|\\\(|[-+]?\d|[A-Za-z]\s*=)", bare):
+        direct = finalize(bare)
+        if _valid(direct):
+            return direct, pos + stop  # type: ignore[return-value]  # "So, 13." / "Therefore, x = 5"
+    verb = CONCLUSION_VERB_RE.search(sentence)
+    if verb is None:
+        return None
+    after = sentence[verb.end() :]
+    m = re.search(rf"\$[^$]{{1,80}}\$|{NUMBER}|\\boxed", after)
+    if m is None or re.search(r"\b(?:need|needs|to)\s*$", sentence[: verb.start()]):
+        return None
+    cand = finalize(after[m.start() :])
+    if not _valid(cand):
+        return None
+    return cand, pos + stop  # type: ignore[return-value]
+
+
+def _value_statement(text: str) -> Statement | None:
+    """The last value statement or conclusion sentence ("the sum is 8", "Therefore, 13."), if no
+    computation follows it (then it was a step of the computation, not its result)."""
+    found: list[Statement] = []
+    for m in _last(VALUE_STATEMENT_RE.finditer(text)):
+        cand, end = _candidate_after(text, m.end())
+        if _valid(cand):
+            found.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
+    for m in _last(CONCLUSION_START_RE.finditer(text)):
+        st = _conclusion(text, m.end())
+        if st is not None:
+            found.append(Statement(m.start(), st[1], st[0]))
+    if not found:
+        return None
+    last = max(found, key=lambda s: (s.end, s.start))
+    if COMPUTATION_RE.search(text, last.end):
+        return None
+    return last
+
+
+def _sentences(text: str) -> list[tuple[int, int]]:
+    out = []
+    start = 0
+    for m in SENTENCE_END_RE.finditer(text):
+        out.append((start, m.end()))
+        start = m.end()
+    if start < len(text):
+        out.append((start, len(text)))
+    return out
+
+
+_TRAILING_LATEX_RE = re.compile(
+    r"(-?\s*\d*\s*\\(?:[dt]?frac\{[^{}]{1,40}\}\{[^{}]{1,40}\}|sqrt(?:\[\d+\])?\{[^{}]{1,40}\}))"
+    r"\s*(?:\$|\\\)|\\\])?\s*[.!]?\s*$"
+)
+
+
+def _last_number(text: str) -> str | None:
+    """The last number, unless it is the right operand of an operator ("12 + 1") - then None.
+
+    A power written out at the end ("2^10") is kept whole.
+    """
+    t = text.replace(MINUS, "-")
+    matches = list(ANY_NUMBER_RE.finditer(t))
+    if not matches:
+        return None
+    m = matches[-1]
+    value = m.group(0)
+    before = t[: m.start()].rstrip()
+    if before.endswith("{"):  # inside a LaTeX group: the answer is the trailing \frac{}{} / \sqrt{} whole
+        latex = _TRAILING_LATEX_RE.search(t)
+        return latex.group(1).replace(" ", "") if latex else None
+    power = re.search(r"(?<![\d.^])(\d+)\s*\^\s*\{?\s*$", before)
+    if power:
+        return (
+            f"{power.group(1)}^{value}"
+            if "{" not in before[power.start() :]
+            else f"{power.group(1)}^{{{value}}}"
+        )
+    if before.endswith("-"):
+        operand = before[:-1].rstrip()
+        # "x = -4" / "is -4": a sign; "5 - 4" / "2 - -4": a binary minus (an unevaluated expression).
+        if operand and (operand[-1].isdigit() or operand[-1] in ")]}" or operand.endswith("-")):
+            return None
+        value = "-" + value
+    elif before.endswith(("+", "*", "/", "×", "÷", "^")) or re.search(r"\\(?:times|cdot|div)$", before):
+        return None
+    return value
+
+
+_TRAILING_ASSIGNMENTS_RE = re.compile(
+    r"((?:[A-Za-z]\s*=\s*[-+±]?\s*(?:\\frac\{\d+\}\{\d+\}|\d+(?:\.\d+)?(?:/\d+)?)\s*"
+    r"(?:,\s*(?:and|or)\s+|,\s*|\s(?:and|or)\s)\s*)+"
+    r"[A-Za-z]\s*=\s*[-+±]?\s*(?:\\frac\{\d+\}\{\d+\}|\d+(?:\.\d+)?(?:/\d+)?))\s*\$?\s*[.!]?\s*$"
+)
+
+
+def _is_bare(text: str) -> bool:
+    """A whole text that is itself a short answer (the limits of the gold side's `generic_final`)."""
+    bare = strip_wrappers(text.strip())
+    return bool(
+        bare
+        and "\n" not in bare
+        and len(bare) <= BARE_MAX_CHARS
+        and len(bare.split()) <= BARE_MAX_WORDS
+        and not SENTENCE_END_RE.search(bare)
+        and not is_unfinished(bare)
+    )
+
+
+def _unmarked(text: str) -> str | None:
+    """The answer of a text without answer statements (policy 3 of the module docstring)."""
+    tail = _TRAILING_ASSIGNMENTS_RE.search(text.replace(MINUS, "-")[-400:])
+    if tail and split_parts(tail.group(1)):
+        return tail.group(1).strip()
+    last = _last_number(text)
+    if last is None:
+        return None
+    pos = text.replace(MINUS, "-").rfind(last.split("^")[-1].strip("{}").lstrip("-"))
+    if CORRECTION_HARD_RE.search(text, max(pos, 0)):
+        return None  # "3 + 4 = 7. Wait, that is wrong." retracts the 7
+    return last
+
+
+def _after_correction(text: str, anchor_end: int, depth: int) -> tuple[bool, str | None]:
+    """(superseded?, new answer) when a correction cue follows the chosen statement."""
+    tail = text[anchor_end:]
+    hard = CORRECTION_HARD_RE.search(tail)
+    soft = CORRECTION_SOFT_RE.search(tail)
+    if hard is None and soft is None:
+        return False, None
+    if is_unfinished(text, strict=True):
+        return True, None  # a correction that was cut off: its answer is unknown
+    if hard is not None:
+        new = _extract(tail[hard.end() :].lstrip(" \t:,!.-"), depth + 1)
+        return True, new if _valid(new) else None
+    assert soft is not None
+    sub = tail[soft.end() :].lstrip(" \t:,!.-")
+    new = _extract_marked(sub, depth + 1)
+    if new is None:
+        for m in _last(RESTATE_RE.finditer(sub)):
+            cand, _ = _candidate_after(sub, m.end())
+            if _valid(cand):
+                new = cand
+        if new is None:
+            return False, None
+    return True, new
+
+
+def _extract_marked(text: str, depth: int) -> str | None:
+    statements = _statements(text, is_unfinished(text, strict=True))
+    return statements[-1].candidate if statements else None
+
+
+def _statements(text: str, unfinished: bool = False) -> list[Statement]:
+    """The answer statements of the strongest tier present, in text order (value statements only in a
+    finished text: a cut-off text may have been about to compute on)."""
+    strong = _boxed_statements(text) + _hash_statements(text)
+    strong.sort(key=lambda s: s.end)
+    if strong:
+        return strong
+    phrases = _phrase_statements(text)
+    if phrases or unfinished:
+        return phrases
+    value = _value_statement(text)
+    return [value] if value is not None else []
+
+
+def _last_fragment(text: str, start: int) -> str:
+    """The unfinished last sentence of a text (not before `start`)."""
+    tail = text[start:]
+    ends = list(SENTENCE_END_RE.finditer(tail))
+    return tail[ends[-1].end() :] if ends else tail
+
+
+def _extract(text: str, depth: int = 0) -> str | None:
+    if depth > 2:
+        return None
+    unfinished = is_unfinished(text, strict=True)
+    statements = _statements(text, unfinished)
+    if statements:
+        anchor = statements[-1]
+        if not anchor.candidate:
+            return None  # the last strong marker holds no answer ("\boxed{12 + 1}", "####" at the end)
+        if unfinished and PENDING_STATEMENT_RE.search(_last_fragment(text, anchor.end)):
+            return None  # cut off while stating an answer again ("... The correct answer")
+        superseded, new = _after_correction(text, anchor.end, depth)
+        if superseded:
+            return new
+        return anchor.candidate
+    if _is_bare(text):
+        return finalize(text.strip())  # "-4", "2^(n-1)", "x = 1 or x = -2", "No"; "5 - 4" gives None
+    if unfinished:
+        return None
+    return _unmarked(text)
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in a model's text, or None if it has none (policy: the module docstring)."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    text = text[-MAX_TEXT_CHARS:].replace(MINUS, "-").replace("\u00a0", " ")
+    text = CALCULATOR_RE.sub("", text)  # GSM8K calculator annotations "<<48/2=24>>" are not text
+    try:
+        return _extract(text)
+    except UnclosedBox:
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# comparing two answers

@@ -1,0 +1,217 @@
+"""Does an extracted answer equal the gold one: exact decimals, then math-verify on whole parses, then strings; multi-part answers as sets."""
+
+from __future__ import annotations
+
+import re
+import threading
+from decimal import Decimal, InvalidOperation
+
+from flowdpo.grading.candidates import LHS_RE, expand_parts, finalize, split_parts, strip_wrappers
+from flowdpo.grading.rules import (
+    MATH_VERIFY_TIMEOUT_S,
+    MAX_ANSWER_CHARS,
+    MAX_BRACE_DEPTH,
+    MAX_EXPONENT,
+    MAX_FACTORIAL,
+    MINUS,
+    PLAIN_NUMBER_RE,
+    SIMPLE_VALUE_RE,
+    log,
+)
+
+
+def _parts_of(answer: str) -> list[tuple[str | None, str]]:
+    parts = split_parts(answer)
+    if parts is None:
+        s = strip_wrappers(answer.replace(MINUS, "-"))
+        pm = s.replace("\\pm", "±")
+        m = LHS_RE.match(pm)
+        if pm.count("±") == 1 and (pm.startswith("±") or (m and pm[m.end() :].lstrip().startswith("±"))):
+            return expand_parts([pm])  # "x = ±1": two values
+        return [(None, answer)]
+    return expand_parts(parts)
+
+
+def _match_multi(gold: list[tuple[str | None, str]], pred: list[tuple[str | None, str]]) -> bool:
+    """Same number of parts and a one-to-one match (values equal, names equal where both named)."""
+    if len(gold) != len(pred) or len(gold) > 24:
+        return False
+    used = [False] * len(pred)
+
+    def place(i: int) -> bool:
+        if i == len(gold):
+            return True
+        g_name, g_val = gold[i]
+        for j, (p_name, p_val) in enumerate(pred):
+            if used[j] or (g_name and p_name and g_name != p_name):
+                continue
+            if _single_match(g_val, p_val):
+                used[j] = True
+                if place(i + 1):
+                    return True
+                used[j] = False
+        return False
+
+    return place(0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# finding the answer in a text
+
+
+def _as_decimal(s: str) -> Decimal | None:
+    t = strip_wrappers(s.replace(MINUS, "-")).replace(" ", "")
+    t = re.sub(r"^\\\$|^\$", "", t)
+    if t.endswith(("\\%", "%")):
+        t = t.rstrip("%").rstrip("\\")
+    if not PLAIN_NUMBER_RE.match(t):
+        return None
+    try:
+        return Decimal(t.replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def _normalize(s: str) -> str:
+    """Loose string form for the fallback comparison (no math-verify)."""
+    t = strip_wrappers(s.replace(MINUS, "-"))
+    t = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{([^{}]*)\}", r"\1", t)
+    t = (
+        t.replace("\\dfrac", "\\frac")
+        .replace("\\tfrac", "\\frac")
+        .replace("\\left", "")
+        .replace("\\right", "")
+    )
+    t = t.replace("\\!", "").replace("\\,", "").replace("{,}", "")
+    t = re.sub(r"\s+", "", t)
+    t = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", t)
+    return t.strip("{}").lower()
+
+
+def _too_hard(s: str) -> bool:
+    """Inputs that could stall sympy: long, deeply nested, huge powers or factorials."""
+    if len(s) > MAX_ANSWER_CHARS:
+        return True
+    depth = 0
+    for c in s:
+        if c in "{([":
+            depth += 1
+            if depth > MAX_BRACE_DEPTH:
+                return True
+        elif c in "})]":
+            depth -= 1
+    for m in re.finditer(r"\^\s*\{?\s*(\d+)", s):
+        if len(m.group(1)) > 6 or int(m.group(1)) > MAX_EXPONENT:
+            return True
+    if re.search(r"\^\s*\{?[^}]*\^", s):
+        return True  # a power tower
+    for m in re.finditer(r"(\d+)\s*!", s):
+        if len(m.group(1)) > 6 or int(m.group(1)) > MAX_FACTORIAL:
+            return True
+    return False
+
+
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}")
+_LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+")
+
+
+def _significant(s: str) -> tuple[str, set[str], set[str]]:
+    """Digits in order, prose words and single-letter variables of a candidate (LaTeX commands and
+    \\text{} dropped) - what a parse must account for."""
+    t = _LATEX_TEXT_RE.sub(" ", s)
+    t = _LATEX_CMD_RE.sub(" ", t)
+    digits = re.sub(r"\D", "", t)
+    words = {w.lower() for w in re.findall(r"[A-Za-z]{2,}", t)} - {"and", "or"}
+    letters = set(re.findall(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])", t))
+    return digits, words, letters
+
+
+def _consumed(src: str, parsed: list) -> bool:
+    """Did math-verify's parse read the whole candidate (not "7" of "7 apples", not 2 of 2^floor(n/2))?"""
+    if not parsed:
+        return False
+    matched = parsed[-1] if isinstance(parsed[-1], str) else None
+    digits, words, letters = _significant(src)
+    if matched is not None:
+        m_digits, m_words, _ = _significant(matched)
+        if not words <= m_words:
+            return False  # "7 apples" read as 7
+        # a number dropped from the candidate; plain values may be re-rendered (0.5 -> \frac{1}{2})
+        simple = SIMPLE_VALUE_RE.match(re.sub(r"\\?%$", "", src.replace(" ", "")))
+        if not simple and "." not in src and len(m_digits) < len(digits):
+            return False
+    if re.search(r"\d\s+\.?\d", src) and not re.search(r"[-+*/^=,&]|\\[a-z]", src):
+        return False  # "1 2": two numbers side by side, which math-verify adds up
+    expr = parsed[0]
+    try:
+        symbols = {str(x) for x in getattr(expr, "free_symbols", set())}
+        if isinstance(expr, (set, frozenset, list, tuple)):
+            for e in expr:
+                symbols |= {str(x) for x in getattr(e, "free_symbols", set())}
+    except Exception:  # noqa: BLE001 - an exotic sympy object: be conservative
+        return False
+    missing = {c for c in letters if c not in symbols and c.lower() not in symbols} - {"e", "i", "E", "I"}
+    if missing:
+        return False
+    # a number the source never wrote (1 2 -> 3) means the parse combined or invented something
+    return not digits or bool(re.sub(r"\D", "", str(expr)))
+
+
+def _math_verify(gold: str, pred: str) -> bool | None:
+    """math-verify's verdict, or None if it cannot parse either side WHOLE, or fails."""
+    g_src, p_src = strip_wrappers(gold), strip_wrappers(pred)
+    if _too_hard(g_src) or _too_hard(p_src):
+        return None
+    from math_verify import parse, verify  # deferred: sympy import cost only where grading runs
+
+    # signal.alarm timeouts only work in the main thread; elsewhere run without (inputs are bounded).
+    main = threading.current_thread() is threading.main_thread()
+    limit = MATH_VERIFY_TIMEOUT_S if main else None
+    try:
+        g = parse(f"${g_src}$", parsing_timeout=limit)
+        p = parse(f"${p_src}$", parsing_timeout=limit)
+        if not g or not p or not _consumed(g_src, g) or not _consumed(p_src, p):
+            return None
+        return bool(verify(g, p, timeout_seconds=limit))
+    except Exception as e:  # noqa: BLE001 - math-verify/sympy raise almost anything on odd input
+        log.debug("math-verify failed on gold=%r pred=%r: %s", gold, pred, e)
+        return None
+
+
+def _strip_lhs(s: str) -> str:
+    """A single named value compared with a bare one: "x = 5" -> "5"."""
+    m = LHS_RE.match(strip_wrappers(s))
+    return strip_wrappers(s)[m.end() :] if m else s
+
+
+def _single_match(gold: str, pred: str) -> bool:
+    gold, pred = _strip_lhs(gold), _strip_lhs(pred)
+    gd, pd = _as_decimal(gold), _as_decimal(pred)
+    if gd is not None and pd is not None:
+        return gd == pd
+    verdict = _math_verify(gold, pred)
+    if verdict:
+        return True
+    return _normalize(gold) == _normalize(pred)
+
+
+def answers_match(gold: str, pred: str) -> bool:
+    """Compare a gold final answer with an extracted one (multi-part aware); never raises."""
+    try:
+        # the gold is read like a candidate: "2 inequalities" -> 2, "x = 5" -> 5 (lists kept whole)
+        gold = finalize(gold, math_ctx=True) or gold
+        g_parts, p_parts = _parts_of(gold), _parts_of(pred)
+        if len(g_parts) > 1 or len(p_parts) > 1:
+            if _match_multi(g_parts, p_parts):
+                return True
+            # one side may be a braced/bracketed set that math-verify reads as a whole ("\{1,-2\}")
+            if len(g_parts) == 1 or len(p_parts) == 1:
+                single = g_parts[0][1] if len(g_parts) == 1 else p_parts[0][1]
+                if not re.match(r"^\s*\\?\{|^\s*\\left\\\{", strip_wrappers(single)):
+                    return False
+                return bool(_math_verify(gold, pred))
+            return False
+        return _single_match(gold, pred)
+    except Exception as e:  # noqa: BLE001 - grading must never crash a worker
+        log.warning("answer comparison failed (gold=%r, pred=%r): %s", gold, pred, e)
+        return False

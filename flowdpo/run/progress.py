@@ -1,0 +1,128 @@
+"""progress.json: the one summary every component and the operator read (written by the trainer:
+`flowdpo run` and `flowdpo trainer` both publish it with `publish_progress`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from flowdpo.metrics import Metrics
+from flowdpo.names import ADAPTERS
+from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.train.online import OnlineTrainer, TrainerState
+
+
+def build_progress(run: str, phase: str, state: TrainerState, manifest: dict, live: dict | None = None) -> dict:
+    """progress.json. `live`: the in-process rollouts' own progress (`flowdpo run`), which also gives the
+    rate and ETA while it has measured any (the trainer's clock alone moves once per shard)."""
+    total = manifest["examples"]
+    rate = state.examples / state.elapsed_seconds if state.elapsed_seconds > 0 else None
+    remaining = total - state.examples
+    progress = {
+        "run": run,
+        "phase": phase,
+        "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "examples": state.examples,
+        "examplesTotal": total,
+        "correct": state.correct,
+        "progressiveAccuracy": state.progressive_accuracy,
+        "baselines": {
+            name: {"examples": n, "correct": c, "accuracy": c / n if n else None}
+            for name, (n, c) in sorted(state.baselines.items())
+        },
+        "pairs": {a: {"mined": state.pairs_mined[a], "trained": state.pairs_trained[a]} for a in ADAPTERS},
+        "adapterVersions": dict(state.versions),
+        "trainerSteps": dict(state.steps),
+        "last": state.last,
+        "shards": {"total": manifest["shards"], "consumed": len(state.consumed)},
+        "elapsedSeconds": round(state.elapsed_seconds, 1),
+        "examplesPerHour": round(rate * 3600, 1) if rate else None,
+        "etaSeconds": round(remaining / rate, 1) if rate and remaining > 0 else (0.0 if remaining <= 0 else None),
+    }
+    if live:
+        progress["live"] = live
+        if live.get("examplesPerHour") and remaining > 0:
+            progress["examplesPerHour"] = live["examplesPerHour"]
+            progress["etaSeconds"] = live["etaSeconds"]
+    return progress
+
+
+def format_progress(p: dict) -> str:
+    """A few human lines (flowdpo status)."""
+    acc = p["progressiveAccuracy"]
+    lines = [
+        f"run {p['run']}: {p['phase']}  ({p['updatedAt']})",
+        f"  examples            {p['examples']}/{p['examplesTotal']}  shards {p['shards']['consumed']}/{p['shards']['total']}",
+        f"  progressive acc     {'-' if acc is None else f'{acc:.3f}'}  ({p['correct']} correct)",
+    ]
+    for name, b in p["baselines"].items():
+        a = b["accuracy"]
+        lines.append(f"  baseline {name:<14} {'-' if a is None else f'{a:.3f}'}  ({b['correct']}/{b['examples']})")
+    for a in ADAPTERS:
+        last = p["last"].get(a, {})
+        loss = f"  loss {last['loss']:.4f} margin {last['margin']:+.3f}" if last else ""
+        lines.append(
+            f"  {a:<6} adapter v{p['adapterVersions'][a]:<4} pairs mined {p['pairs'][a]['mined']:<5} "
+            f"trained {p['pairs'][a]['trained']:<5} steps {p['trainerSteps'][a]}{loss}"
+        )
+    live = p.get("live") or {}
+    if live.get("examplesInRunningShard"):
+        tps = live.get("tokensPerSecond")
+        lines.append(
+            f"  rolled out          {live['examplesRolledOut']}/{p['examplesTotal']} "
+            f"({live['examplesInRunningShard']} in the running shard{'' if tps is None else f', {tps:.0f} tokens/s'})"
+        )
+    eph, eta = p.get("examplesPerHour"), p.get("etaSeconds")
+    lines.append(
+        f"  elapsed {p['elapsedSeconds']:.0f}s  rate {'-' if eph is None else f'{eph:.0f} ex/h'}  "
+        f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
+    )
+    return "\n".join(lines)
+
+
+def publish_progress(
+    store: ObjectStore,
+    doc,
+    trainer: OnlineTrainer,
+    manifest,
+    metrics: Metrics,
+    phase: str,
+    *,
+    worker_in_process: bool = True,
+    live: dict | None = None,
+) -> dict:
+    """Write progress.json from the trainer's state and bring the trainer-side metrics up to it.
+    `worker_in_process`: the rollouts run on the trainer's own model (`flowdpo run`), so the worker
+    serves the trainer's versions (no lag); a separate `flowdpo trainer` process leaves those to workers."""
+    st = trainer.state
+    progress = build_progress(doc.name, phase, st, manifest, live)
+    store.put_json(RunLayout.progress, progress)
+    run = doc.name
+    metrics.set_phase(phase)
+    _set_counter(metrics.examples.labels(run), st.examples)
+    _set_counter(metrics.examples_correct.labels(run), st.correct)
+    if st.progressive_accuracy is not None:
+        metrics.progressive_accuracy.labels(run).set(st.progressive_accuracy)
+    for name, b in progress["baselines"].items():
+        if b["accuracy"] is not None:
+            metrics.baseline_accuracy.labels(run, name).set(b["accuracy"])
+    for a in ADAPTERS:
+        _set_counter(metrics.pairs_trained.labels(run, a), st.pairs_trained[a])
+        _set_counter(metrics.trainer_steps.labels(run, a), st.steps[a])
+        metrics.adapter_version.labels(run, a, "trainer").set(st.versions[a])
+        if worker_in_process:
+            # Also brings the worker-side counter to the stored total after a resume, and exports 0 for an
+            # adapter that has no pair yet (instead of no sample at all).
+            _set_counter(metrics.pairs_mined.labels(run, a), st.pairs_mined[a])
+            metrics.adapter_version.labels(run, a, "worker").set(st.versions[a])
+            metrics.version_lag.labels(run, a).set(0)
+        if a in st.last:
+            metrics.dpo_loss.labels(run, a).set(st.last[a]["loss"])
+            metrics.dpo_margin.labels(run, a).set(st.last[a]["margin"])
+    return progress
+
+
+def _set_counter(counter, value: float) -> None:
+    """Counters restart at the stored totals after a resume; bring them up to the stored value."""
+    delta = value - counter._value.get()
+    if delta > 0:
+        counter.inc(delta)

@@ -1,0 +1,110 @@
+"""The object store against a REAL S3 endpoint (moto's server on 127.0.0.1): the URI's path is the key
+prefix inside the bucket, atomic create has exactly one winner, and calls ride out an endpoint that
+refuses connections or hangs for several seconds."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from flowdpo.storage import StoreError, open_store
+from tests.support.s3util import BUCKET, MotoS3, MotoSubprocess
+
+
+def test_s3_uri_prefix_and_round_trip(s3_env):
+    store = open_store(f"s3://{BUCKET}/runs/prefixed")
+    store.put_json("a/x.json", {"k": 1})
+    assert store.create("a/y.json", b"y") and not store.create("a/y.json", b"other")
+    assert sorted(s3_env.keys("runs/prefixed/")) == ["runs/prefixed/a/x.json", "runs/prefixed/a/y.json"]
+    assert store.list("a/") == ["a/x.json", "a/y.json"] and store.get_json("a/x.json") == {"k": 1}
+    assert store.exists("a/y.json") and not store.exists("a/z.json")
+    with pytest.raises(KeyError):
+        store.get("a/z.json")
+    store.delete("a/x.json")
+    assert store.list("a/") == ["a/y.json"]
+    # A second store on another prefix of the same bucket sees nothing of the first.
+    assert open_store(f"s3://{BUCKET}/runs/other").list("a/") == []
+
+
+def test_s3_create_has_exactly_one_winner(s3_env):
+    store = open_store(s3_env.uri())
+    for rnd in range(10):
+        wins: list[bool] = []
+        barrier = threading.Barrier(12)
+
+        def attempt(i, rnd=rnd, wins=wins, barrier=barrier):
+            barrier.wait()
+            wins.append(store.create(f"claims/k{rnd}.json", f"{rnd}:{i}".encode()))
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wins.count(True) == 1, f"round {rnd}: {wins.count(True)} winners"
+
+
+def test_missing_bucket_is_a_clear_error(s3_env):
+    store = open_store(f"s3://no-such-bucket-{int(time.time())}/runs/x")
+    with pytest.raises(StoreError, match="cannot write"):
+        store.put("k", b"v")
+
+
+def test_calls_ride_out_an_endpoint_that_refuses_connections(monkeypatch):
+    s3 = MotoS3()
+    try:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        store = open_store(s3.uri())
+        store.put("before.json", b"1")
+        s3.stop()
+        out: dict = {}
+
+        def during_outage():
+            t0 = time.monotonic()
+            out["created"] = store.create("during.json", b"2")
+            out["get"] = store.get("before.json")
+            out["seconds"] = time.monotonic() - t0
+
+        t = threading.Thread(target=during_outage)
+        t.start()
+        time.sleep(5)
+        assert t.is_alive(), "the call returned while the endpoint was down"
+        s3.restart()
+        t.join(60)
+        assert out == {"created": True, "get": b"1", "seconds": pytest.approx(5, abs=4)}
+        assert store.get("during.json") == b"2"
+    finally:
+        s3.stop()
+
+
+def test_calls_ride_out_a_hung_endpoint(tmp_path, monkeypatch):
+    """SIGSTOP: connections are accepted but never answered; requests time out (1 s here) and are retried;
+    a create whose timed-out request landed later is recognised as this call's own write."""
+    s3 = MotoSubprocess(tmp_path / "moto.log")
+    try:
+        for k, v in s3.env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("FLOWDPO_STORE_TIMEOUT", "1s")
+        store = open_store(f"s3://{BUCKET}/runs/hung")
+        store.put("before.json", b"1")
+        s3.freeze()
+        out: dict = {}
+
+        def during_outage():
+            out["created"] = store.create("during.json", b"mine")
+            out["lost"] = store.create("during.json", b"theirs")
+            out["get"] = store.get("before.json")
+
+        t = threading.Thread(target=during_outage)
+        t.start()
+        time.sleep(5)
+        assert t.is_alive()
+        s3.thaw()
+        t.join(60)
+        assert out == {"created": True, "lost": False, "get": b"1"}
+        assert store.get("during.json") == b"mine"
+    finally:
+        s3.close()

@@ -1,0 +1,158 @@
+"""`Controller.sync`, the I/O around the pure reconcile, over an in-memory cluster: it re-reads the run,
+applies the decided actions, writes the status only when it changed, reads progress.json with the run's
+Secret, and exports the run's phase."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+
+import pytest
+from prometheus_client import generate_latest
+
+from flowdpo_operator import builders, k8s
+from flowdpo_operator.controller import Controller, rfc3339
+from flowdpo_operator.metrics import OperatorMetrics
+from flowdpo_operator.world import Create, Delete, Observed, ObservedStorage, Replace
+from tests.support.operator_support import NAMESPACE, UID, run_body
+
+
+class MemoryCluster:
+    """The `k8s.Cluster` interface over dicts, counting calls."""
+
+    def __init__(self, run, secrets=None):
+        self.run = run
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.secrets = secrets or {}
+        self.calls: list[str] = []
+
+    def get_run(self, namespace, name):
+        self.calls.append("get_run")
+        return copy.deepcopy(self.run) if self.run and self.run["metadata"]["name"] == name else None
+
+    def observe(self, namespace, run, uid):
+        self.calls.append("observe")
+        get = lambda kind, c: self.objects.get((kind, builders.child_name(run, c)))
+        cm, dep = get("ConfigMap", builders.CONFIG), get("Deployment", builders.ROLLOUT)
+        return Observed(
+            config=k8s.observe_config_map(cm) if cm else None,
+            rollout=k8s.observe_deployment(dep) if dep else None,
+            jobs={s: k8s.observe_job(o) for s in builders.JOB_STEPS if (o := get("Job", s))},
+        )
+
+    def read_secret(self, namespace, name):
+        self.calls.append(f"read_secret {name}")
+        return self.secrets.get(name)
+
+    def apply(self, namespace, action):
+        if isinstance(action, (Create, Replace)):
+            body = copy.deepcopy(action.body)
+            body["metadata"].setdefault("resourceVersion", "1")
+            self.objects[(body["kind"], body["metadata"]["name"])] = body
+        elif isinstance(action, Delete):
+            self.objects.pop((action.kind, action.name), None)
+        return f"{type(action).__name__}"
+
+    def patch_status(self, namespace, name, status):
+        self.calls.append("patch_status")
+        self.run["status"] = copy.deepcopy(status)
+
+
+class ProgressReader:
+    def __init__(self, progress=None):
+        self.progress = progress
+        self.calls: list[tuple[str, dict | None]] = []
+
+    def __call__(self, uri, env):
+        self.calls.append((uri, env))
+        return ObservedStorage(reachable=True, progress=self.progress)
+
+
+SECRET = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000"}
+
+
+def controller_for(body, *, secrets=None, progress=None):
+    cluster = MemoryCluster(body, secrets if secrets is not None else {"flowdpo-storage": SECRET})
+    reader = ProgressReader(progress)
+    clock = lambda: dt.datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=dt.timezone.utc)
+    return Controller(cluster, OperatorMetrics(), progress_reader=reader, clock=clock), cluster, reader
+
+
+def phase_samples(metrics):
+    text = generate_latest(metrics.registry).decode()
+    return sorted(line for line in text.splitlines() if line.startswith("flowdpo_run_phase{") and line.endswith(" 1.0"))
+
+
+def test_first_sync_creates_children_and_writes_status_once():
+    ctl, cluster, reader = controller_for(run_body())
+    decision = ctl.sync(NAMESPACE, "demo")
+    assert sorted(k for _, k in cluster.objects) == ["demo-config", "demo-prepare"]
+    assert cluster.run["status"]["phase"] == "Preparing" and cluster.calls.count("patch_status") == 1
+    assert cluster.run["status"]["conditions"][0]["lastTransitionTime"] == "2030-01-02T03:04:05Z"
+    assert reader.calls == [("s3://bucket/runs/demo", SECRET)]  # the Secret's keys, the resolved URI
+    assert decision.events and decision.events[0].reason == "Preparing"
+    assert phase_samples(ctl.metrics) == [
+        f'flowdpo_run_phase{{phase="Preparing",run="demo",run_namespace="{NAMESPACE}"}} 1.0'
+    ]
+    # The same world again: nothing to create, nothing to write.
+    ctl.sync(NAMESPACE, "demo")
+    assert cluster.calls.count("patch_status") == 1
+
+
+def test_a_missing_secret_blocks_without_reading_storage():
+    ctl, cluster, reader = controller_for(run_body(), secrets={})
+    decision = ctl.sync(NAMESPACE, "demo")
+    assert decision.blocked and cluster.objects == {} and reader.calls == []
+    assert cluster.run["status"]["phase"] == "Pending"
+
+
+def test_an_invalid_spec_reads_no_storage_and_fails():
+    ctl, cluster, reader = controller_for(run_body({"storage": {"uri": "file:///tmp/x"}}))
+    decision = ctl.sync(NAMESPACE, "demo")
+    assert decision.invalid and reader.calls == [] and cluster.objects == {}
+    assert "read_secret flowdpo-storage" not in cluster.calls
+    assert cluster.run["status"]["phase"] == "Failed"
+
+
+def test_storage_without_a_secret_uses_the_operators_own_identity():
+    ctl, _, reader = controller_for(run_body({"storage": {"uri": "gs://bucket/runs/{name}", "secretName": None}}))
+    ctl.sync(NAMESPACE, "demo")
+    assert reader.calls == [("gs://bucket/runs/demo", None)]
+
+
+def test_a_settled_run_costs_one_get():
+    body = run_body()
+    body["status"] = {"phase": "Succeeded", "observedGeneration": 1}
+    ctl, cluster, reader = controller_for(body)
+    assert ctl.sync(NAMESPACE, "demo") is None
+    assert cluster.calls == ["get_run"] and reader.calls == []
+
+
+def test_a_deleted_run_is_nothing_to_do():
+    ctl, cluster, _ = controller_for(None)
+    assert ctl.sync(NAMESPACE, "demo") is None and cluster.calls == ["get_run"]
+
+
+def test_forgetting_a_run_drops_its_phase_series():
+    ctl, _, _ = controller_for(run_body())
+    ctl.sync(NAMESPACE, "demo")
+    ctl.metrics.forget(NAMESPACE, "demo")
+    assert "flowdpo_run_phase{" not in generate_latest(ctl.metrics.registry).decode()
+
+
+@pytest.mark.parametrize(
+    ("when", "text"),
+    [
+        (dt.datetime(2030, 1, 2, 3, 4, 5, 999999, tzinfo=dt.timezone.utc), "2030-01-02T03:04:05Z"),
+        (dt.datetime(2030, 1, 2, 5, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2))), "2030-01-02T03:04:05Z"),
+    ],
+)
+def test_condition_times_are_rfc3339_utc_seconds(when, text):
+    assert rfc3339(when) == text
+
+
+def test_owner_uid_comes_from_the_run():
+    ctl, cluster, _ = controller_for(run_body())
+    ctl.sync(NAMESPACE, "demo")
+    cm = cluster.objects[("ConfigMap", "demo-config")]
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == UID
