@@ -74,6 +74,9 @@ class CountingBackend:
     def tokens_generated(self) -> int:
         return self.inner.tokens_generated
 
+    def reset(self):
+        self.inner.reset()
+
 
 class NeverStop(CountingBackend):
     """Scaling runs: the Stop LLM always says "no" (P(yes) = 0), so flow length is set by maxChunks."""

@@ -52,8 +52,8 @@ def open_run(doc: RunDocument, *, require_finished: bool = True) -> ObjectStore:
             f"{store.uri}: no run here ({RunLayout.spec} is missing); train first with `flowdpo run`"
         ) from None
     stored = parse_document(yaml.safe_load(raw), f"{store.uri}/{RunLayout.spec}")
-    mine = doc.spec.training_identity()
-    theirs = stored.spec.training_identity()
+    mine = doc.spec.stored_identity()
+    theirs = stored.spec.stored_identity()
     if mine != theirs:
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise RunConflictError(

@@ -34,6 +34,9 @@ def by_adapter(adapter, n: int) -> dict[str | None, list[int]]:
 
 
 class GenerationBackend(Protocol):
+    # Tokens generated so far by this backend (live progress: tokens/s).
+    tokens_generated: int
+
     def versions(self) -> dict[str, int]:
         """Adapter versions currently served, e.g. {"answer": 3, "stop": 2}."""
 

@@ -46,7 +46,7 @@ def _same_training(stored_yaml: str, doc: RunDocument) -> bool:
         stored = parse_document(yaml.safe_load(stored_yaml), RunLayout.spec)
     except (SpecError, yaml.YAMLError):
         return False
-    return (stored.name, stored.spec.training_identity()) == (doc.name, doc.spec.training_identity())
+    return (stored.name, stored.spec.stored_identity()) == (doc.name, doc.spec.stored_identity())
 
 
 def prepare(store: ObjectStore, doc: RunDocument) -> dict:

@@ -36,9 +36,7 @@ class ShardRollout:
         seed = shard_seed(self.spec.seed, shard)
         rng = random.Random(seed)
         torch.manual_seed(seed)  # sampling in the in-process backend: a redone shard samples the same
-        reset = getattr(self.backend, "reset", None)
-        if reset is not None:
-            reset()  # ... and computes from the same (empty) KV cache as the first attempt did
+        self.backend.reset()  # ... and computes from the same (empty) KV cache as the first attempt did
         results: list[dict] = []
         pairs: list[dict] = []
         step = self.spec.rollout.batch_examples
@@ -61,8 +59,7 @@ class ShardRollout:
                 res, prs = mined[r.example.id]
                 results.append(res)
                 pairs.extend(prs)
-        if reset is not None:
-            reset()  # the cached keys/values are of no use to the next shard: free them for training
+        self.backend.reset()  # the cached keys/values are of no use to the next shard: free them for training
         return results, pairs
 
     def process_shard(self, shard: int, on_example=None, on_step=None) -> bool:
@@ -85,8 +82,9 @@ class LiveProgress:
     progress.json). Pass `example`/`step` to `ShardRollout.process_shard`."""
 
     def __init__(self, metrics, backend, listeners: tuple[Callable[[], None], ...] = ()):
+        """`backend` may be None (a worker with no shard left loads no model): nothing is counted."""
         self.metrics, self.backend, self.listeners = metrics, backend, list(listeners)
-        self._seen_tokens = getattr(backend, "tokens_generated", 0)
+        self._seen_tokens = backend.tokens_generated if backend is not None else 0
         self.started = time.monotonic()
         self.examples = 0  # examples finished in this process
         self.tokens = 0  # tokens generated in this process
@@ -107,7 +105,7 @@ class LiveProgress:
         self.step()
 
     def step(self) -> None:
-        now = getattr(self.backend, "tokens_generated", 0)
+        now = self.backend.tokens_generated if self.backend is not None else 0
         self.metrics.observe_tokens(now - self._seen_tokens)
         self.tokens += now - self._seen_tokens
         self._seen_tokens = now

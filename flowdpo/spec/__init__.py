@@ -69,11 +69,18 @@ class RunSpec(SpecModel):
 
     def training_identity(self) -> dict[str, Any]:
         """The fields that decide what training computes: a stored run resumes only under an equal identity.
-        Operational fields (suspend, cluster placement, replica count, credentials, where the run folder is:
-        a copied or moved run folder resumes) and the compile section (read after training) may change at any
-        time."""
+        Operational fields (suspend, cluster placement, replica count, credentials) and the compile section
+        (read after training) may change at any time."""
         body = self.model_dump(mode="json", exclude={"compile", "suspend", "kubernetes"})
         body["rollout"].pop("replicas")
+        body["storage"].pop("secret_name")
+        return body
+
+    def stored_identity(self) -> dict[str, Any]:
+        """What a run folder's stored spec must agree with to be resumed or compiled: the training identity
+        without the folder's own location, so that a copied or moved run folder resumes (a running cluster
+        run still may not change its storage: the operator checks `training_identity`)."""
+        body = self.training_identity()
         body.pop("storage")
         return body
 

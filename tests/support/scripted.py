@@ -53,6 +53,10 @@ class ScriptedBackend:
         self.generate_calls: list[int] = []  # batch size of each generate call
         self.adapters_seen: list = []
         self.stop_calls: list[int] = []  # batch size of each Stop call
+        self.tokens_generated = 0
+
+    def reset(self):
+        pass
 
     def versions(self):
         return {"answer": 7, "stop": 3}
@@ -73,6 +77,7 @@ class ScriptedBackend:
             else:
                 ids = self.tok.encode(text)[:max_new_tokens]
             out.append(ids)
+        self.tokens_generated += sum(len(o) for o in out)
         return out
 
     def next_token_logprobs(self, contexts, adapter, token_ids):

@@ -89,3 +89,23 @@ def test_prepare_writes_shards_once_and_refuses_a_different_spec(tmp_path):
         ensure_spec(store, other)
     with pytest.raises(RunConflictError, match="different data spec"):
         prepare(store, other)
+
+
+def test_a_copied_run_folder_resumes_but_another_run_is_refused(tmp_path):
+    """spec.yaml is checked against the run file on resume: the folder's own location may differ (a copied or
+    moved run folder), what training computes may not."""
+    import shutil
+
+    from flowdpo.spec import load_document, quickstart_path
+
+    doc = load_document(quickstart_path())
+    doc.spec.storage.uri = f"file://{tmp_path}/a"
+    ensure_spec(open_store(doc.storage_uri()), doc)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    moved = doc.model_copy(deep=True)
+    moved.spec.storage.uri = f"file://{tmp_path}/b"
+    ensure_spec(open_store(moved.storage_uri()), moved)  # no conflict
+    other = moved.model_copy(deep=True)
+    other.spec.training.learning_rate *= 2
+    with pytest.raises(RunConflictError, match="different spec"):
+        ensure_spec(open_store(other.storage_uri()), other)

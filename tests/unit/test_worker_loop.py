@@ -27,6 +27,10 @@ class EosBackend:
     def __init__(self):
         self._versions = {"answer": 0, "stop": 0}
         self.loads: list[tuple] = []
+        self.tokens_generated = 0
+
+    def reset(self):
+        pass
 
     def versions(self):
         return dict(self._versions)
