@@ -19,7 +19,7 @@ from typing import Any
 from flowdpo.flow.prompts import PromptBuilder
 from flowdpo.names import ADAPTERS
 from flowdpo.spec import RunDocument, RunSpec
-from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
 
 # The files of a peft adapter folder the backends read.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -65,11 +65,23 @@ def fetch_adapter(store: ObjectStore, adapter: str, version: int) -> dict[str, b
     return files if all(f in files for f in ADAPTER_FILES) else None
 
 
+def latest_versions(store: ObjectStore) -> dict[str, int]:
+    """The adapter versions adapters/LATEST.json names (0 for an adapter not published yet)."""
+    latest = store.get_json_or(RunLayout.adapters_latest) or {}
+    if not isinstance(latest, dict) or not all(
+        type(latest.get(a, 0)) is int and latest.get(a, 0) >= 0 for a in ADAPTERS
+    ):
+        raise CorruptObjectError(
+            f"{store.uri}/{RunLayout.adapters_latest}", 'not an adapter version pointer ({"answer": N, "stop": M})'
+        )
+    return {a: latest.get(a, 0) for a in ADAPTERS}
+
+
 def load_latest_adapters(backend, store: ObjectStore) -> dict[str, int]:
     """Load the adapter versions named by adapters/LATEST.json into `backend`; returns the versions served."""
-    latest = store.get_json_or(RunLayout.adapters_latest) or {}
+    latest = latest_versions(store)
     for name in ADAPTERS:
-        version = int(latest.get(name, 0))
+        version = latest[name]
         if version > 0:
             files = fetch_adapter(store, name, version)
             if files is None:

@@ -30,11 +30,11 @@ def error_exit_codes() -> dict[type[BaseException], int]:
     from flowdpo.compile.common import CompileError
     from flowdpo.loader import BackendError
     from flowdpo.models import ModelError
-    from flowdpo.run.prepare import RunConflictError
+    from flowdpo.run.prepare import DataError, RunConflictError
     from flowdpo.spec import SpecError
     from flowdpo.storage import StoreError
 
-    return {SpecError: 2, ModelError: 2, RunConflictError: 2, StoreError: 2, CompileError: 2, BackendError: 2}
+    return {SpecError: 2, ModelError: 2, RunConflictError: 2, StoreError: 2, CompileError: 2, BackendError: 2, DataError: 2}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,13 +66,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from flowdpo.run.prepare import ensure_spec, prepare
+    from flowdpo.run.prepare import prepare_run
     from flowdpo.storage import open_store
 
     doc = load_run_file(args.file)
     store = open_store(doc.storage_uri())
-    ensure_spec(store, doc)
-    m = prepare(store, doc)
+    m = prepare_run(store, doc)
     print(f"{m['examples']} examples in {m['shards']} shards under {doc.storage_uri()}")
     return 0
 

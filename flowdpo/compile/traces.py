@@ -35,8 +35,8 @@ from typing import Any
 from flowdpo.compile.common import CompileError, ensure_compile_questions, fingerprint
 from flowdpo.data import Example
 from flowdpo.grading import grade
-from flowdpo.loader import load_trained_flow
-from flowdpo.names import ADAPTERS, COMPILE_SOURCES
+from flowdpo.loader import latest_versions, load_trained_flow
+from flowdpo.names import COMPILE_SOURCES
 from flowdpo.spec import RunDocument
 from flowdpo.storage import ObjectStore, RunLayout
 
@@ -194,8 +194,7 @@ def generate_candidates(
 ) -> tuple[dict[str, list[dict]], list[Example], dict[str, Any]]:
     """(graded attempts per source, compile questions, plan); parts already in storage are reused."""
     spec = doc.spec
-    latest = store.get_json_or(RunLayout.adapters_latest) or {a: 0 for a in ADAPTERS}
-    versions = {a: int(latest.get(a, 0)) for a in ADAPTERS}
+    versions = latest_versions(store)
     plan = _plan(doc, versions)
     if not store.create_json(RunLayout.compile_plan, plan):
         stored = store.get_json(RunLayout.compile_plan)

@@ -16,7 +16,7 @@ import time
 
 from flowdpo.loader import load_policy, rollout_batch, transformers_backend
 from flowdpo.metrics import Metrics
-from flowdpo.run.prepare import ensure_spec, prepare
+from flowdpo.run.prepare import prepare_run
 from flowdpo.run.progress import publish_progress as _publish_progress
 from flowdpo.run.shard import LiveProgress, ShardRollout, release_free_memory
 from flowdpo.spec import RunDocument
@@ -37,8 +37,7 @@ def run_local(
     store = open_store(doc.storage_uri())
     metrics = metrics or Metrics(doc.name)
     metrics.set_phase("Preparing")
-    ensure_spec(store, doc)
-    manifest = prepare(store, doc)
+    manifest = prepare_run(store, doc)
     spec = doc.spec
 
     policy = load_policy(spec)

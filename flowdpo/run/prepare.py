@@ -17,22 +17,39 @@ class RunConflictError(RuntimeError):
     """The storage prefix already holds a different run."""
 
 
+class DataError(ValueError):
+    """The run's data section names no usable examples (a missing file, an unknown task, ...)."""
+
+
 def _data_fingerprint(doc: RunDocument) -> str:
     blob = json.dumps(doc.spec.data.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def ensure_spec(store: ObjectStore, doc: RunDocument) -> None:
-    """Write spec.yaml on first use; refuse to continue a run whose stored spec differs."""
+def ensure_spec(store: ObjectStore, doc: RunDocument) -> bool:
+    """Write spec.yaml on first use (returns True); refuse to continue a run whose stored spec differs."""
     text = doc.to_yaml()
     if store.create(RunLayout.spec, text.encode()):
-        return
+        return True
     stored = store.get(RunLayout.spec).decode()
     if stored != text and not _same_training(stored, doc):
         raise RunConflictError(
             f"{store.uri} already holds run files made from a different spec ({RunLayout.spec} differs). "
             "Resume with the same file, or pick a new metadata.name / storage.uri."
         )
+    return False
+
+
+def prepare_run(store: ObjectStore, doc: RunDocument) -> dict:
+    """`ensure_spec` then `prepare`. When preparing fails in a folder this call claimed (bad data), the
+    spec.yaml it wrote is removed again, so that the corrected run file is not refused as another run."""
+    created = ensure_spec(store, doc)
+    try:
+        return prepare(store, doc)
+    except BaseException:
+        if created and not store.exists(RunLayout.manifest):
+            store.delete(RunLayout.spec)
+        raise
 
 
 def _same_training(stored_yaml: str, doc: RunDocument) -> bool:
@@ -58,9 +75,12 @@ def prepare(store: ObjectStore, doc: RunDocument) -> dict:
             raise RunConflictError(f"{store.uri}: examples were prepared from a different data spec")
         return manifest
     data = doc.spec.data
-    examples, report = load_examples(data)
+    try:
+        examples, report = load_examples(data)
+    except (ValueError, OSError) as e:
+        raise DataError(f"data: {e}") from None
     if not examples:
-        raise ValueError(f"data: no usable examples ({report.summary()})")
+        raise DataError(f"data: no usable examples ({report.summary()})")
     log.info("prepared %s", report.summary())
     shards = [examples[i : i + data.shard_size] for i in range(0, len(examples), data.shard_size)]
     for i, shard in enumerate(shards):

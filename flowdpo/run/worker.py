@@ -21,7 +21,7 @@ import signal
 import time
 
 from flowdpo.flow.prompts import PromptBuilder
-from flowdpo.loader import fetch_adapter, make_backend
+from flowdpo.loader import fetch_adapter, latest_versions, make_backend
 from flowdpo.metrics import Metrics
 from flowdpo.names import ADAPTERS
 from flowdpo.run.claims import Claims, new_worker_id
@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 def sync_adapters(store: ObjectStore, backend, metrics: Metrics) -> dict[str, int]:
     """Load the adapter versions named by adapters/LATEST.json that are newer than the backend's."""
     run = metrics.run
-    latest = store.get_json_or(RunLayout.adapters_latest) or {}
+    latest = latest_versions(store)
     for a in ADAPTERS:
-        want = int(latest.get(a, 0))
+        want = latest[a]
         have = backend.versions().get(a, 0)
         if want > have:
             t0 = time.monotonic()

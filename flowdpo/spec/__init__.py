@@ -46,6 +46,7 @@ from flowdpo.spec.sections import (  # noqa: F401 - re-exported: `from flowdpo.s
     StorageSpec,
     TrainingSpec,
 )
+from flowdpo.spec.yaml_file import RunFileError, load_run_yaml
 
 
 class RunSpec(SpecModel):
@@ -60,7 +61,7 @@ class RunSpec(SpecModel):
     compile: CompileSpec = Field(
         default_factory=CompileSpec, description="Compile and evaluate after training (`flowdpo compile`, `flowdpo eval`)."
     )
-    seed: int = Field(0, description="Seed for sampling and training.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for sampling and training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of in-process models.")
     suspend: bool = Field(
         False, description="Cluster: scale rollout workers to zero and suspend the Jobs; false resumes the run."
@@ -147,13 +148,13 @@ def load_document(path: str | Path) -> RunDocument:
     """Read and validate a FlowDPORun YAML file; raises SpecError naming the bad field."""
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise SpecError(f"{p}: cannot read run file: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {e}") from None
+        data = load_run_yaml(raw, str(p))
+    except RunFileError as e:
+        raise SpecError(str(e)) from None
     return parse_document(data, str(p))
 
 

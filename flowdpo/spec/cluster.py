@@ -12,7 +12,7 @@ from flowdpo.spec.sections import SpecModel
 class PodOptions(SpecModel):
     """Scheduling and resources of one kind of pod the operator creates (cluster only)."""
 
-    gpus: int = Field(0, ge=0, description="nvidia.com/gpu requested (and limited) per pod.")
+    gpus: int = Field(0, le=64, ge=0, description="nvidia.com/gpu requested (and limited) per pod.")
     resources: dict[str, Any] = Field(
         default_factory=dict,
         description="Kubernetes ResourceRequirements of the main container (requests/limits for cpu, memory); "
@@ -34,8 +34,8 @@ class VLLMServerSpec(SpecModel):
         description="Rollout image: vLLM's OpenAI server plus flowdpo (rollout_image/Dockerfile).",
     )
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible server inside the pod.")
-    max_loras: int = Field(4, ge=1, description="--max-loras: adapter versions resident at once (answer, stop, next).")
-    max_lora_rank: int = Field(16, ge=1, description="--max-lora-rank (>= lora.r).")
+    max_loras: int = Field(4, le=1024, ge=1, description="--max-loras: adapter versions resident at once (answer, stop, next).")
+    max_lora_rank: int = Field(16, le=1024, ge=1, description="--max-lora-rank (>= lora.r).")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="--gpu-memory-utilization.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM server flags, appended verbatim.")
 
@@ -58,4 +58,4 @@ class KubernetesSpec(SpecModel):
         True, description="After training, run `flowdpo compile` and `flowdpo eval` as Jobs (phase Compiling)."
     )
     metrics_port: int = Field(9400, ge=1, le=65535, description="Prometheus port of worker and trainer containers.")
-    backoff_limit: int = Field(3, ge=0, description="Pod retries of each Job (they resume where they stopped).")
+    backoff_limit: int = Field(3, le=1000, ge=0, description="Pod retries of each Job (they resume where they stopped).")

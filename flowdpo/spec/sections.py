@@ -31,8 +31,10 @@ class SpecError(ValueError):
 
 
 class SpecModel(BaseModel):
+    # strict: a run file is accepted exactly when the CRD's schema accepts it (no "5" for an integer, no
+    # `true` for a number, no 5.0 for an integer).
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_assignment=True, strict=True
     )
 
 
@@ -50,7 +52,7 @@ class ModelSpec(SpecModel):
 
 class LoraSpec(SpecModel):
     r: int = Field(8, ge=1, le=256, description="LoRA rank (paper: 8).")
-    alpha: int = Field(8, ge=1, description="LoRA alpha (paper: 8).")
+    alpha: int = Field(8, le=4096, ge=1, description="LoRA alpha (paper: 8).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout (paper: 0.05).")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules to adapt: 'all-linear' (paper) or a list of module names."
@@ -77,9 +79,21 @@ class FlowSpec(SpecModel):
     @field_validator("stop_user_template")
     @classmethod
     def _template_has_fields(cls, v: str) -> str:
-        for name in ("{problem}", "{solution}"):
-            if name not in v:
-                raise ValueError(f"must contain {name}")
+        import string
+
+        try:
+            fields = [f for _, f, spec, conv in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:  # an unmatched '{' or '}'
+            raise ValueError(f"not a valid template ({e}); write a literal brace as {{{{ or }}}}") from None
+        unknown = sorted({f for f in fields if f not in ("problem", "solution")})
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; only {{problem}} and "
+                "{solution} are filled in (write a literal brace as {{ or }})"
+            )
+        for name in ("problem", "solution"):
+            if name not in fields:
+                raise ValueError(f"must contain {{{name}}}")
         return v
 
 
@@ -92,8 +106,8 @@ class TrainingSpec(SpecModel):
         description="Learning rate of the Stop adapter if it should differ (its pairs are single tokens).",
     )
     beta: float = Field(1.0, gt=0.0, description="DPO beta (paper: 1.0).")
-    batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, per adapter (paper: 32).")
-    micro_batch_size: int = Field(8, ge=1, description="Pairs per forward/backward pass (memory bound).")
+    batch_size: int = Field(32, le=65536, ge=1, description="Pairs per optimizer step, per adapter (paper: 32).")
+    micro_batch_size: int = Field(8, le=65536, ge=1, description="Pairs per forward/backward pass (memory bound).")
     grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping (paper: 1.0).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     train_answer: bool = Field(True, description="Train the Answer adapter.")
@@ -104,7 +118,7 @@ class TrainingSpec(SpecModel):
         "1/2 (seeded by pair), which destroys the preference signal while keeping everything else equal.",
     )
     max_pairs_per_example: int | None = Field(
-        None, ge=1, description="Cap on pairs kept per example and adapter (None = all)."
+        None, le=10000, ge=1, description="Cap on pairs kept per example and adapter (None = all)."
     )
 
     def lr(self, adapter: str) -> float:
@@ -115,7 +129,7 @@ class TrainingSpec(SpecModel):
 
 class ReasoningGymTask(SpecModel):
     name: str = Field(..., description="reasoning-gym dataset name, e.g. chain_sum, basic_arithmetic, products.")
-    weight: float = Field(1.0, gt=0.0, description="Relative share of this task in the mix.")
+    weight: float = Field(1.0, le=1e6, gt=0.0, description="Relative share of this task in the mix.")
     config: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the generator.")
 
 
@@ -142,9 +156,9 @@ class DataSpec(SpecModel):
         ],
         description="reasoning-gym tasks mixed for source=reasoning-gym.",
     )
-    num_examples: int = Field(2000, ge=1, description="Training examples (the paper's curves: 2,000).")
-    shard_size: int = Field(8, ge=1, description="Examples per shard (the unit of work and of resume).")
-    seed: int = Field(0, description="Seed for task generation and shuffling.")
+    num_examples: int = Field(2000, le=10_000_000, ge=1, description="Training examples (the paper's curves: 2,000).")
+    shard_size: int = Field(8, le=100_000, ge=1, description="Examples per shard (the unit of work and of resume).")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for task generation and shuffling.")
 
     @model_validator(mode="after")
     def _source_needs_path(self) -> DataSpec:
@@ -160,6 +174,12 @@ class BaselinesSpec(SpecModel):
     zero_shot: bool = Field(False, description="Also score each example with the base model in one pass.")
 
 
+# Top-level folders a run folder must never be written into (file:// URIs).
+SYSTEM_DIRS = frozenset(
+    ["bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin", "sys", "usr"]
+)
+
+
 class StorageSpec(SpecModel):
     uri: str = Field(
         "file://./runs/{name}",
@@ -171,8 +191,22 @@ class StorageSpec(SpecModel):
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if not re.match(r"^(file|s3|gs|az|abfs|memory)://", v):
-            raise ValueError("must start with file://, s3://, gs://, az://, abfs:// or memory://")
+        m = re.match(r"^(file|s3|gs|az|abfs)://(.*)$", v)
+        if not m:
+            raise ValueError("must start with file://, s3://, gs://, az:// or abfs:// (a run must outlive its process)")
+        scheme, rest = m.groups()
+        if scheme != "file":
+            if not re.match(r"^[^/\s]+", rest):
+                raise ValueError(f"{scheme}:// needs a bucket or container: {scheme}://BUCKET/PREFIX")
+            return v
+        path = rest if rest.startswith("/") else None
+        if path is not None:
+            parts = [p for p in path.split("/") if p]
+            if not parts or parts[0] in SYSTEM_DIRS or ".." in parts:
+                raise ValueError(
+                    f"file://{path}: not a place for run files (the filesystem root, a system directory or a "
+                    "path with '..'); use a folder of your own, e.g. file://./runs/{name}"
+                )
         return v
 
 
@@ -180,10 +214,10 @@ class RolloutSpec(SpecModel):
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="Generation backend of the rollout workers."
     )
-    batch_examples: int = Field(8, ge=1, description="Examples whose flows advance together in one batch.")
-    replicas: int = Field(1, ge=1, description="Rollout worker replicas (cluster).")
+    batch_examples: int = Field(8, le=4096, ge=1, description="Examples whose flows advance together in one batch.")
+    replicas: int = Field(1, le=1024, ge=1, description="Rollout worker replicas (cluster).")
     max_pending_shards: int = Field(
-        4, ge=1, description="Back-pressure: workers stop claiming while this many results wait for the trainer."
+        4, le=1024, ge=1, description="Back-pressure: workers stop claiming while this many results wait for the trainer."
     )
 
 
@@ -191,7 +225,7 @@ class SftLoraSpec(LoraSpec):
     """LoRA of the compiled (SFT) model: the paper's compile settings are r 16 / alpha 16."""
 
     r: int = Field(16, ge=1, le=256, description="LoRA rank (paper, compile SFT: 16).")
-    alpha: int = Field(16, ge=1, description="LoRA alpha (paper, compile SFT: 16).")
+    alpha: int = Field(16, le=4096, ge=1, description="LoRA alpha (paper, compile SFT: 16).")
 
 
 class SftSpec(SpecModel):
@@ -202,17 +236,17 @@ class SftSpec(SpecModel):
         description="LoRA of the compiled model (paper: r 16, alpha 16, dropout 0.05, all linear layers).",
     )
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0, description="Adam learning rate (paper: 2e-4).")
-    epochs: float = Field(3.0, gt=0.0, description="Passes over the kept traces (paper: 3).")
+    epochs: float = Field(3.0, le=1000, gt=0.0, description="Passes over the kept traces (paper: 3).")
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Linear warmup, share of all steps (paper: 0.1).")
-    batch_size: int = Field(16, ge=1, description="Traces per forward/backward pass, per device (paper: 16).")
+    batch_size: int = Field(16, le=65536, ge=1, description="Traces per forward/backward pass, per device (paper: 16).")
     gradient_accumulation: int = Field(
-        2, ge=1, description="Passes accumulated per optimizer step (paper: 2; one step sees batchSize x this)."
+        2, le=4096, ge=1, description="Passes accumulated per optimizer step (paper: 2; one step sees batchSize x this)."
     )
     grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping (paper: 1.0).")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    max_length: int = Field(1024, ge=16, description="Max tokens of prompt + trace (longer ones are truncated).")
+    max_length: int = Field(1024, le=1_048_576, ge=16, description="Max tokens of prompt + trace (longer ones are truncated).")
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (CPU-scale smoke runs; None = all epochs)."
+        None, le=10_000_000, ge=1, description="Stop after this many optimizer steps (CPU-scale smoke runs; None = all epochs)."
     )
 
 
@@ -230,7 +264,7 @@ class EvalSetSpec(SpecModel):
     hub_config: str | None = Field(None, description="Hub dataset config name.")
     split: str = Field("test", description="Split to evaluate on (gsm8k / math / files).")
     num_questions: int | None = Field(
-        None, ge=1, description="Questions evaluated (a seeded sample; None = the whole split; required for heldout)."
+        None, le=10_000_000, ge=1, description="Questions evaluated (a seeded sample; None = the whole split; required for heldout)."
     )
     question_field: str | None = Field(None, description="Question column for jsonl/parquet files.")
     answer_field: str | None = Field(None, description="Answer column for jsonl/parquet files.")
@@ -269,10 +303,10 @@ class EvaluationSpec(SpecModel):
         "data.source is reasoning-gym (the embedded default).",
     )
     max_new_tokens: int | None = Field(
-        None, ge=1, description="Answer length budget (None = flow.chunkTokens x flow.maxChunks, the flow's budget)."
+        None, le=1_048_576, ge=1, description="Answer length budget (None = flow.chunkTokens x flow.maxChunks, the flow's budget)."
     )
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy decoding).")
-    batch_size: int = Field(16, ge=1, description="Questions per generation batch.")
+    batch_size: int = Field(16, le=65536, ge=1, description="Questions per generation batch.")
     flow_rows: bool = Field(
         False,
         description="Also evaluate the flows themselves on the eval sets: the trained flow (final Answer and Stop "
@@ -312,7 +346,7 @@ class CompileSpec(SpecModel):
     """After training: traces of the trained flow -> SFT one model per trace source -> evaluation (Table 1)."""
 
     num_questions: int = Field(
-        1500,
+        1500, le=10_000_000,
         ge=1,
         description="Compile questions (paper: 1,500): the data.numExamples.. window of the run's data source, "
         "right after the training questions.",
@@ -324,9 +358,9 @@ class CompileSpec(SpecModel):
         description="Attempts per question of each generated source (trained flow; base model = rejection "
         "sampling); the first correct attempt is kept.",
     )
-    batch_questions: int = Field(16, ge=1, description="Questions per generation batch (also the unit of resume).")
+    batch_questions: int = Field(16, le=65536, ge=1, description="Questions per generation batch (also the unit of resume).")
     max_traces: int | None = Field(
-        None, ge=1, description="Cap on kept traces per source after the equal-data selection (None = all)."
+        None, le=10_000_000, ge=1, description="Cap on kept traces per source after the equal-data selection (None = all)."
     )
     sft: SftSpec = Field(default_factory=SftSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

@@ -43,6 +43,17 @@ class StoreError(RuntimeError):
     """A storage problem the user must fix (bad URI, missing credentials, permissions)."""
 
 
+class CorruptObjectError(StoreError):
+    """An object of the run exists but cannot be read as what it must be (truncated, overwritten, garbage)."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(
+            f"{where}: {problem}. The object is damaged: restore it from a backup, or delete it if the run can "
+            "redo it (a shard's results or pairs are redone; spec.yaml, examples/ and adapters/ are not)"
+        )
+        self.where = where
+
+
 # obstore's own retries (inside one call): connection errors, 5xx, timeouts of read-only requests.
 # With these settings a "connection refused" endpoint is retried for up to 30 s.
 _RETRY = {
@@ -258,7 +269,7 @@ class ObjectStore:
 
     # -- conveniences --------------------------------------------------------------------------------
     def get_json(self, key: str) -> Any:
-        return json.loads(self.get(key))
+        return _parse_json(self.get(key), f"{self.uri}/{key}")
 
     def get_json_or(self, key: str, default: Any = None) -> Any:
         try:
@@ -273,7 +284,19 @@ class ObjectStore:
         return self.create(key, _dumps(value))
 
     def get_jsonl(self, key: str) -> list[dict]:
-        return [json.loads(line) for line in self.get(key).decode().splitlines() if line.strip()]
+        where = f"{self.uri}/{key}"
+        try:
+            lines = self.get(key).decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CorruptObjectError(where, "not UTF-8 text") from None
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                row = _parse_json(line, f"{where} line {n}")
+                if not isinstance(row, dict):
+                    raise CorruptObjectError(f"{where} line {n}", "not a JSON object")
+                rows.append(row)
+        return rows
 
     def create_jsonl(self, key: str, rows: list[dict]) -> bool:
         return self.create(key, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
@@ -301,6 +324,13 @@ class ObjectStore:
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(blob)
         return folder
+
+
+def _parse_json(blob: bytes | str, where: str) -> Any:
+    try:
+        return json.loads(blob)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptObjectError(where, f"not valid JSON ({e})") from None
 
 
 def _dumps(value: Any) -> bytes:

@@ -21,7 +21,7 @@ import torch
 
 from flowdpo.names import ADAPTERS
 from flowdpo.spec import RunSpec
-from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
 from flowdpo.train.adapters import (
     adapter_files,
     adapter_parameters,
@@ -101,16 +101,34 @@ class OnlineTrainer:
         pointer = self.store.get_json_or(RunLayout.trainer_latest)
         if pointer is None:
             return False
+        where = f"{self.store.uri}/{RunLayout.trainer_latest}"
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("key"), str):
+            raise CorruptObjectError(where, 'not a trainer state pointer ({"key": "trainer/state/..."})')
         raw = self.store.get_json(pointer["key"])
-        self.state = TrainerState(**raw)
+        try:
+            self.state = TrainerState(**raw)
+            versions = {a: int(self.state.versions[a]) for a in ADAPTERS}
+        except (TypeError, KeyError, ValueError) as e:
+            raise CorruptObjectError(f"{self.store.uri}/{pointer['key']}", f"not a trainer state ({e})") from None
         for a in ADAPTERS:
-            v = self.state.versions[a]
+            v = versions[a]
             if v == 0:
                 continue
-            folder = RunLayout.adapter(a, v)
-            load_adapter_weights(self.model, a, self.store.get(f"{folder}/adapter_model.safetensors"))
+            key = f"{RunLayout.adapter(a, v)}/adapter_model.safetensors"
+            try:
+                load_adapter_weights(self.model, a, self.store.get(key))
+            except KeyError:
+                raise CorruptObjectError(f"{self.store.uri}/{key}", "missing, though the trainer state names it") from None
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own types; a wrong shape: ValueError
+                raise CorruptObjectError(f"{self.store.uri}/{key}", f"not this run's adapter weights ({e})") from None
             if a in self.optimizers:
-                load_optimizer(self.optimizers[a], self.store.get(RunLayout.optimizer(a, v)))
+                key = RunLayout.optimizer(a, v)
+                try:
+                    load_optimizer(self.optimizers[a], self.store.get(key))
+                except KeyError:
+                    raise CorruptObjectError(f"{self.store.uri}/{key}", "missing, though the trainer state names it") from None
+                except Exception as e:  # noqa: BLE001 - torch.load unpickling errors, another optimizer
+                    raise CorruptObjectError(f"{self.store.uri}/{key}", f"not this run's optimizer state ({e})") from None
         # A crash between the state pointer and adapters/LATEST.json left the pointer one step behind:
         # publish the committed versions now (otherwise a run whose last step was that one would never
         # announce its final adapters to the workers).

@@ -1,0 +1,154 @@
+"""Bad and hostile input, class by class: each is refused early by `flowdpo validate` / `run` / `prepare` /
+`status` and by the operator's validation, with a non-zero exit, a message naming the field or the stored
+object, no traceback, nothing written outside the run folder and nothing lost."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from flowdpo.spec import load_document, quickstart_path
+from flowdpo.storage import RunLayout, open_store
+from flowdpo_operator.validation import validate
+
+QUICKSTART = yaml.safe_load(quickstart_path().read_text())
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The real command line in a subprocess (what a user sees, tracebacks included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "flowdpo.cli.main", *args],
+        check=False, capture_output=True, text=True, cwd=cwd, timeout=300,
+    )
+
+
+def refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr[-2000:])
+
+
+def run_file(tmp_path, patch: dict | None = None, raw: bytes | None = None):
+    doc = copy.deepcopy(QUICKSTART)
+    doc["spec"]["storage"]["uri"] = f"file://{tmp_path}/runs/{{name}}"
+    for section, values in (patch or {}).items():
+        if isinstance(values, dict):
+            doc["spec"].setdefault(section, {}).update(values)
+        else:
+            doc["spec"][section] = values
+    path = tmp_path / "run.yaml"
+    path.write_bytes(raw if raw is not None else yaml.safe_dump(doc).encode())
+    return path
+
+
+# (patch of spec, field named in the message): each accepted by neither the CLI nor the operator.
+BAD_SPECS = {
+    "string-for-integer": ({"data": {"numExamples": "96"}}, "spec.data.numExamples"),
+    "bool-for-integer": ({"flow": {"maxChunks": True}}, "spec.flow.maxChunks"),
+    "float-for-integer": ({"flow": {"chunkTokens": 64.0}}, "spec.flow.chunkTokens"),
+    "string-for-number": ({"training": {"learningRate": "0.0001"}}, "spec.training.learningRate"),
+    "unbounded-examples": ({"data": {"numExamples": 10**20}}, "spec.data.numExamples"),
+    "unbounded-shard": ({"data": {"shardSize": 10**9}}, "spec.data.shardSize"),
+    "negative-seed": ({"seed": -1}, "spec.seed"),
+    "bucketless-uri": ({"storage": {"uri": "s3:///runs"}}, "spec.storage.uri"),
+    "memory-uri": ({"storage": {"uri": "memory://runs"}}, "spec.storage.uri"),
+    "system-dir": ({"storage": {"uri": "file:///etc/flowdpo"}}, "spec.storage.uri"),
+    "dotdot": ({"storage": {"uri": "file:///tmp/../etc/x"}}, "spec.storage.uri"),
+    "unknown-placeholder": (
+        {"flow": {"stopUserTemplate": "Q: {problem} A: {solution} {__class__}"}}, "spec.flow.stopUserTemplate"
+    ),
+    "unbalanced-brace": ({"flow": {"stopUserTemplate": "Q: {problem} A: {solution} }"}}, "spec.flow.stopUserTemplate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_spec_is_refused_by_validate_and_by_the_operator(case, tmp_path):
+    patch, field = BAD_SPECS[case]
+    refused(cli("validate", str(run_file(tmp_path, patch))), field.removeprefix("spec.").split(".")[-1])
+    body = {"apiVersion": QUICKSTART["apiVersion"], "kind": QUICKSTART["kind"], "metadata": {"name": "demo"},
+            "spec": copy.deepcopy(QUICKSTART["spec"])}
+    body["spec"]["storage"] = {"uri": "s3://bucket/runs/{name}", "secretName": "s3"}
+    for section, values in patch.items():
+        if isinstance(values, dict):
+            body["spec"].setdefault(section, {}).update(values)
+        else:
+            body["spec"][section] = values
+    result = validate(body)
+    assert not result.ok and any(e.startswith(field) for e in result.errors), result.errors
+    assert not (tmp_path / "runs").exists()  # validate writes nothing
+
+
+def test_kubectl_style_numbers_are_accepted(tmp_path):
+    """`1e-4` is a float in YAML 1.2 (kubectl); the CLI reads it the same way."""
+    text = run_file(tmp_path).read_text().replace("learningRate: 0.0001", "learningRate: 1e-4")
+    assert "learningRate: 1e-4" in text
+    (tmp_path / "run.yaml").write_text(text)
+    assert load_document(tmp_path / "run.yaml").spec.training.learning_rate == 1e-4
+
+
+def test_alias_bomb_is_refused_before_it_expands(tmp_path):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    doc = yaml.safe_dump(QUICKSTART)
+    bomb = "\n".join(lines) + "\n" + doc
+    proc = cli("validate", str(run_file(tmp_path, raw=bomb.encode())))
+    refused(proc, "aliases")
+
+
+def test_non_utf8_run_file_is_refused(tmp_path):
+    raw = yaml.safe_dump(QUICKSTART).encode().replace(b"quickstart", b"quick\xffstart", 1)
+    refused(cli("validate", str(run_file(tmp_path, raw=raw))), "UTF-8")
+
+
+def test_failed_prepare_leaves_no_spec_behind_and_the_corrected_file_runs(tmp_path):
+    bad = run_file(tmp_path, {"data": {"source": "jsonl", "path": str(tmp_path / "missing.jsonl")}})
+    refused(cli("prepare", str(bad)), "data", "missing.jsonl")
+    folder = tmp_path / "runs" / "quickstart"
+    assert not (folder / RunLayout.spec).exists()
+    rows = [{"question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(12)]
+    (tmp_path / "missing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = cli("prepare", str(bad))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (folder / RunLayout.manifest).exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "blob"),
+    [
+        (RunLayout.progress, b"{not json"),
+        (RunLayout.progress, b"\xff\xfe\x00garbage"),
+    ],
+)
+def test_status_names_a_corrupt_progress_file(tmp_path, key, blob):
+    folder = tmp_path / "run"
+    open_store(f"file://{folder}").put(key, blob)
+    refused(cli("status", str(folder)), key)
+    assert (folder / key).read_bytes() == blob  # nothing lost: the damaged object is left for inspection
+
+
+@pytest.mark.parametrize(
+    "pointer", [b"[1, 2]", b'{"answer": "7", "stop": 1}', b'{"answer": -1}', b"\x00\x01"]
+)
+def test_a_garbage_adapter_pointer_is_named(tmp_path, pointer):
+    from flowdpo.loader import latest_versions
+    from flowdpo.storage import CorruptObjectError
+
+    store = open_store(f"file://{tmp_path}/run")
+    store.put(RunLayout.adapters_latest, pointer)
+    with pytest.raises(CorruptObjectError, match="adapters/LATEST.json"):
+        latest_versions(store)
+
+
+def test_a_garbage_results_line_is_named_with_its_line(tmp_path):
+    from flowdpo.storage import CorruptObjectError
+
+    store = open_store(f"file://{tmp_path}/run")
+    store.put(RunLayout.results(0), b'{"exampleId": "a"}\n{truncated\n')
+    with pytest.raises(CorruptObjectError, match=r"results/shard-000000.jsonl line 2"):
+        store.get_jsonl(RunLayout.results(0))
