@@ -32,6 +32,7 @@ from flowdpo.spec import API_GROUP, API_VERSION, KIND, PodOptions, RunDocument
 # Where pods find things (the same paths in every container of a pod).
 CONFIG_DIR = "/etc/flowdpo"
 RUN_FILE = f"{CONFIG_DIR}/run.yaml"
+VLLM_HEALTH_PROBE = "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/health', timeout=4)"
 SCRATCH_DIR = "/tmp"  # HOME, Hugging Face and flowdpo caches (emptyDir)
 ADAPTER_DIR = "/adapters"  # vLLM mode: the worker writes adapter versions here, vLLM loads them from here
 SHM_DIR = "/dev/shm"  # torch / NCCL / vLLM need more shared memory than the container default (64 MiB)
@@ -150,13 +151,38 @@ def _env(extra: dict[str, str] | None = None) -> list[dict[str, str]]:
     return [{"name": k, "value": v} for k, v in base.items()]
 
 
+def _hf_token(doc: RunDocument) -> list[dict[str, Any]]:
+    """Only HF_TOKEN of the run's Secret (if it has one): the vLLM server downloads the model (gated models
+    need a token) but never touches object storage, so it gets no storage credentials."""
+    secret = doc.spec.storage.secret_name
+    if not secret:
+        return []
+    ref = {"name": secret, "key": "HF_TOKEN", "optional": True}
+    return [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}}]
+
+
 def _env_from(doc: RunDocument) -> list[dict[str, Any]]:
     secret = doc.spec.storage.secret_name
     return [{"secretRef": {"name": secret}}] if secret else []
 
 
 def _container_security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    """Pod Security "restricted", and a read-only root filesystem: every write goes to an emptyDir (HOME and
+    caches under /tmp, /dev/shm, /adapters)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def literal_args(args: list[str]) -> list[str]:
+    """Container arguments as literal strings: Kubernetes expands `$(VAR)` in command and args, so a user
+    string such as a model name `x$(AWS_SECRET_ACCESS_KEY)` would otherwise read the pod's environment.
+    `$$` is Kubernetes' escape for one `$`."""
+    return [a.replace("$", "$$") for a in args]
 
 
 def _mounts(*, shm: bool, adapters: bool = False) -> list[dict[str, Any]]:
@@ -189,7 +215,7 @@ def _flowdpo_container(
         "name": name,
         "image": k.image,
         "imagePullPolicy": k.image_pull_policy,
-        "command": ["flowdpo", *args],
+        "command": literal_args(["flowdpo", *args]),
         "env": _env(env),
         "envFrom": _env_from(doc),
         "resources": resources(options) if options is not None else {},
@@ -236,6 +262,7 @@ def _pod_template(
             "runAsUser": RUN_AS_USER,
             "runAsGroup": RUN_AS_GROUP,
             "fsGroup": RUN_AS_GROUP,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": containers,
         "volumes": volumes,
@@ -303,6 +330,9 @@ def vllm_args(doc: RunDocument) -> list[str]:
     args = [
         "python3", "-m", "vllm.entrypoints.openai.api_server",
         "--model", spec.model.name,
+        # Pod-local: runtime LoRA loading is an admin API (load, replace or unload the flow's adapters); only
+        # the worker next to it, on 127.0.0.1, may reach it.
+        "--host", "127.0.0.1",
         "--port", str(v.port),
         "--dtype", spec.model.dtype,
         "--enable-lora",
@@ -325,15 +355,15 @@ def _vllm_container(doc: RunDocument) -> dict[str, Any]:
         "name": "vllm",
         "image": k.vllm.image,
         "imagePullPolicy": k.image_pull_policy,
-        "command": vllm_args(doc),
+        "command": literal_args(vllm_args(doc)),
         # Adapters are loaded at run time with POST /v1/load_lora_adapter, one new name per version.
-        "env": _env({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}),
-        # The same Secret: gated models (Llama 3) need HF_TOKEN, which belongs there too.
-        "envFrom": _env_from(doc),
-        "ports": [{"name": "http", "containerPort": k.vllm.port, "protocol": "TCP"}],
+        "env": _env({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}) + _hf_token(doc),
+        # The server listens on 127.0.0.1 only, so the kubelet cannot probe it over the pod IP: probe from
+        # inside the container.
         "readinessProbe": {
-            "httpGet": {"path": "/health", "port": k.vllm.port},
+            "exec": {"command": ["python3", "-c", VLLM_HEALTH_PROBE.format(port=k.vllm.port)]},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "resources": resources(k.rollout),

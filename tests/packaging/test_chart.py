@@ -368,3 +368,35 @@ def test_notes_say_how_to_start_and_watch_a_run(chart):
     assert "get fdr" in notes
     assert "grafana_dashboard" in notes
     assert "crds/flowdporun.yaml" in notes
+
+
+class TestNetworkPolicy:
+    def test_run_pods_admit_only_their_metrics_port_and_the_vllm_server_is_pod_local(self, chart):
+        rendered = render(chart)
+        policies = {p["metadata"]["name"]: p for p in rendered.of_kind("NetworkPolicy")}
+        runs = policies[f"{RELEASE}-runs"]
+        assert runs["metadata"]["namespace"] == NAMESPACE
+        assert runs["spec"]["policyTypes"] == ["Ingress"]
+        assert runs["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+        selector = runs["spec"]["podSelector"]["matchLabels"]
+        for component, pod in run_pod_templates().items():
+            assert selector.items() <= pod["metadata"]["labels"].items(), f"{component} pods are not covered"
+            for c in pod["spec"]["containers"]:
+                # what listens beyond the pod is the named metrics port, the one port the policy admits
+                assert {p["name"] for p in c.get("ports", [])} <= {"metrics"}
+                if c["name"] == "vllm":
+                    assert c["command"][c["command"].index("--host") + 1] == "127.0.0.1"
+        operator = policies[f"{RELEASE}-operator"]
+        operator_pod = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+        assert operator["spec"]["podSelector"]["matchLabels"].items() <= operator_pod.items()
+        assert [p["port"] for r in operator["spec"]["ingress"] for p in r["ports"]] == [9300]
+
+    def test_follows_watch_namespaces_and_scrapers(self, chart):
+        peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        rendered = render(chart, {"watchNamespaces": ["team-a", "team-b"], "networkPolicy": {"metricsFrom": [peer]}})
+        runs = [p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"].endswith("-runs")]
+        assert sorted(p["metadata"]["namespace"] for p in runs) == ["team-a", "team-b"]
+        assert all(p["spec"]["ingress"][0]["from"] == [peer] for p in runs)
+
+    def test_can_be_turned_off(self, chart):
+        assert render(chart, {"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []

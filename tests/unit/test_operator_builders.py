@@ -70,17 +70,78 @@ class TestEveryChild:
             spec = pod_spec(body)
             assert body["spec"]["template"]["metadata"]["labels"] == body["metadata"]["labels"]
             assert spec["automountServiceAccountToken"] is False
-            assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 0, "fsGroup": 0}
+            assert spec["securityContext"]["runAsUser"] == 10001
+            assert restricted_problems(spec) == []
             volumes = {v["name"]: v for v in spec["volumes"]}
             assert volumes["config"]["configMap"]["name"] == "demo-config"
             assert volumes["scratch"] == {"name": "scratch", "emptyDir": {}}
             for c in spec["containers"]:
                 assert c["command"], "the e2e kubelet runs `command`: every container sets it"
-                assert c["securityContext"]["allowPrivilegeEscalation"] is False
+                assert c["securityContext"]["readOnlyRootFilesystem"] is True
                 assert {"name": "HOME", "value": "/tmp"} in c["env"]
                 mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
                 assert mounts["/etc/flowdpo"] == "config" and mounts["/tmp"] == "scratch"
-                assert c["envFrom"] == ([{"secretRef": {"name": secret}}] if secret else [])
+                if c["name"] == "vllm":  # no storage credentials; HF_TOKEN alone, for gated model downloads
+                    assert not c.get("envFrom")
+                    tokens = [e for e in c["env"] if e["name"] == "HF_TOKEN"]
+                    assert tokens == ([{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+                        "name": secret, "key": "HF_TOKEN", "optional": True}}}] if secret else [])
+                else:
+                    assert c["envFrom"] == ([{"secretRef": {"name": secret}}] if secret else [])
+
+
+# The Pod Security Standards, "restricted" profile (kubernetes.io/docs/concepts/security/pod-security-standards),
+# as checks on a rendered pod spec.
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_problems(spec: dict) -> list[str]:
+    problems = []
+    pod = spec.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            problems.append(key)
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {v['name']}: {sorted(kinds)}")
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        sc, name = c.get("securityContext", {}), c["name"]
+        if sc.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []) or set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: capabilities")
+        if not (sc.get("runAsNonRoot", pod.get("runAsNonRoot")) is True):
+            problems.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", pod.get("runAsUser")) == 0:
+            problems.append(f"{name}: runAsUser 0")
+        seccomp = (sc.get("seccompProfile") or pod.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+    return problems
+
+
+def test_restricted_check_reports_what_the_profile_forbids():
+    bad = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+           "containers": [{"name": "c", "securityContext": {"privileged": True}, "ports": [{"hostPort": 80}]}]}
+    assert restricted_problems(bad) == [
+        "hostNetwork", "volume h: ['hostPath']", "c: privileged", "c: allowPrivilegeEscalation", "c: capabilities",
+        "c: runAsNonRoot", "c: seccompProfile", "c: hostPort",
+    ]
+
+
+def test_user_strings_reach_container_args_literally():
+    """Kubernetes expands $(VAR) in command/args: a model name must not read the pod's environment."""
+    doc = run_doc({**VLLM, "model": {"name": "org/model$(AWS_SECRET_ACCESS_KEY)"}})
+    vllm = next(c for c in pod_spec(builders.rollout_deployment(doc, OWNER))["containers"] if c["name"] == "vllm")
+    assert "org/model$$(AWS_SECRET_ACCESS_KEY)" in vllm["command"]
+    assert "--host" in vllm["command"] and vllm["command"][vllm["command"].index("--host") + 1] == "127.0.0.1"
 
 
 class TestConfigMap:
@@ -210,9 +271,14 @@ class TestRolloutDeployment:
         assert ("--tensor-parallel-size 8" in flags) == (gpus == 8)
         assert vllm["image"] == "example.org/rollout:1"
         assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in vllm["env"]
-        assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8100}
+        # Bound to 127.0.0.1 (the runtime-LoRA admin API stays inside the pod), probed from inside it.
+        assert "--host 127.0.0.1" in flags and "ports" not in vllm
+        probe = vllm["readinessProbe"]["exec"]["command"]
+        assert probe[:2] == ["python3", "-c"] and "http://127.0.0.1:8100/health" in probe[2]
         assert vllm["resources"].get("limits", {}).get("nvidia.com/gpu") == (str(gpus) if gpus else None)
-        assert vllm["envFrom"] == [{"secretRef": {"name": "flowdpo-storage"}}]  # HF_TOKEN for gated models
+        assert "envFrom" not in vllm  # no storage credentials in the server; HF_TOKEN only (gated models)
+        assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "flowdpo-storage", "key": "HF_TOKEN",
+                                                                   "optional": True}}} in vllm["env"]
 
         volumes = {v["name"]: v for v in spec["volumes"]}
         assert volumes["adapters"] == {"name": "adapters", "emptyDir": {}}
