@@ -88,14 +88,11 @@ def _is_transient(err: BaseException) -> bool:
     return False
 
 
-# Credentials taken from an explicit `env` mapping (a Secret's keys); the process environment is still
-# read by obstore itself for everything else, as it is for every store.
-_S3_CREDENTIAL_KEYS = {
-    "AWS_ACCESS_KEY_ID": "access_key_id",
-    "AWS_SECRET_ACCESS_KEY": "secret_access_key",
-    "AWS_SESSION_TOKEN": "session_token",
-}
 _CLOUD_ENV_PREFIX = {"gs": "GOOGLE_", "az": "AZURE_", "abfs": "AZURE_"}
+# Variables of GOOGLE_* / AZURE_* that carry a credential (service account key, account key, SAS, client
+# secret or token): without one, a store built from a Secret sends unsigned requests.
+_CLOUD_CREDENTIAL_MARKERS = ("SERVICE_ACCOUNT", "APPLICATION_CREDENTIALS", "ACCESS_KEY", "ACCOUNT_KEY", "SAS",
+                             "CLIENT_SECRET", "TOKEN", "FEDERATED")
 
 
 def _s3_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -107,8 +104,11 @@ def _s3_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     http://). Region: AWS_REGION / AWS_DEFAULT_REGION (default us-east-1). The URI's path is the key prefix
     inside the bucket (obstore's `from_url` makes it the store's prefix).
 
-    `env`: read these variables from this mapping instead of `os.environ`, and pass its credentials
-    explicitly (the timeout stays a setting of the process)."""
+    `env`: read these variables from this mapping instead of `os.environ`, and use ONLY its credentials: a
+    fixed credential provider with its keys, or unsigned requests when it has none. The process's own
+    identity (its AWS_* keys, web identity, instance metadata) is never used for such a store, so an
+    operator reading a run with the run's Secret cannot lend its identity to an endpoint the run names
+    (the timeout stays a setting of the process)."""
     src = os.environ if env is None else env
     opts: dict[str, Any] = {}
     client: dict[str, Any] = {"connect_timeout": "2s", "timeout": os.environ.get(_TIMEOUT_ENV, "30s")}
@@ -119,7 +119,16 @@ def _s3_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     opts["region"] = src.get("AWS_REGION") or src.get("AWS_DEFAULT_REGION") or "us-east-1"
     opts["client_options"] = client
     if env is not None:
-        opts.update({option: env[key] for key, option in _S3_CREDENTIAL_KEYS.items() if env.get(key)})
+        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            credential = {
+                "access_key_id": env["AWS_ACCESS_KEY_ID"],
+                "secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+                "token": env.get("AWS_SESSION_TOKEN") or None,
+                "expires_at": None,
+            }
+            opts["credential_provider"] = lambda: credential
+        else:
+            opts["skip_signature"] = True
     return opts
 
 
@@ -172,7 +181,10 @@ class ObjectStore:
                 kwargs["client_options"] = {"connect_timeout": "2s", "timeout": os.environ.get(_TIMEOUT_ENV, "30s")}
                 if env is not None:
                     prefix = _CLOUD_ENV_PREFIX[parsed.scheme]
-                    kwargs["config"] = {k: v for k, v in env.items() if k.startswith(prefix)}
+                    config = {k: v for k, v in env.items() if k.startswith(prefix)}
+                    if not any(marker in k for k in config for marker in _CLOUD_CREDENTIAL_MARKERS):
+                        config["skip_signature"] = True  # no key in the Secret: unsigned, never ambient
+                    kwargs["config"] = config
             try:
                 self._store = obstore.store.from_url(uri, **kwargs)
             except Exception as e:  # noqa: BLE001 - obstore raises several config error types

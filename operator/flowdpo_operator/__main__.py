@@ -1,7 +1,7 @@
 """`flowdpo-operator` (or `python -m flowdpo_operator`): run the FlowDPORun operator (kopf, standalone).
 
     flowdpo-operator [--all-namespaces | --namespace NS ...] [--liveness-port 8080] [--metrics-port 9400]
-                     [--resync-seconds 10] [--verbose]
+                     [--resync-seconds 10] [--ambient-storage-credentials] [--verbose]
 
 Logs in with $KUBECONFIG when it is set (a developer machine, tests), else with the pod's ServiceAccount.
 Standalone: one replica, no peering objects (the chart runs a single replica with strategy Recreate).
@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often each run's Jobs and progress.json are observed "
         "(default $FLOWDPO_OPERATOR_RESYNC_SECONDS or 10)",
     )
+    p.add_argument(
+        "--ambient-storage-credentials",
+        action="store_true",
+        default=os.environ.get("FLOWDPO_AMBIENT_STORAGE_CREDENTIALS", "") == "true",
+        help="read the storage of runs that name no Secret with the operator's own identity (environment, "
+        "workload identity, instance metadata); off by default: runs must name a Secret to be mirrored",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -73,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(args.metrics_port)
     options = OperatorOptions(resync_seconds=args.resync_seconds, retry_seconds=max(2.0, args.resync_seconds))
     registry = kopf.OperatorRegistry()
-    register(registry, Controller(Cluster(api), metrics), options)
+    controller = Controller(Cluster(api), metrics, ambient_credentials=args.ambient_storage_credentials)
+    register(registry, controller, options)
     kopf.run(
         registry=registry,
         standalone=True,

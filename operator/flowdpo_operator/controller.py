@@ -40,6 +40,10 @@ class Controller:
     metrics: OperatorMetrics
     progress_reader: ProgressReader = read_progress
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
+    # Read the storage of runs that name no Secret with the operator's own identity (its environment,
+    # workload identity, instance metadata). Off by default: a run's creator must not borrow the operator's
+    # access to buckets (chart: ambientStorageCredentials).
+    ambient_credentials: bool = False
 
     def sync(self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter = log) -> Decision | None:
         """Bring one run a step closer to its spec. None: the run is gone or settled (nothing to do)."""
@@ -74,4 +78,6 @@ class Controller:
             env = self.cluster.read_secret(namespace, secret_name)
             if env is None:
                 return ObservedStorage(secret_missing=True)
+        elif not self.ambient_credentials:
+            return ObservedStorage(no_credentials=True)
         return self.progress_reader(doc.storage_uri(), env)

@@ -158,11 +158,18 @@ class Cluster:
         )
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's data, decoded (None if it does not exist)."""
+        """A Secret's data as text (None if it does not exist). Values that are not UTF-8 text (a binary
+        certificate next to the keys) are left out: credentials are environment variables, always text."""
         secret = self._get("Secret", namespace, name)
         if secret is None:
             return None
-        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        out = {}
+        for key, value in (secret.get("data") or {}).items():
+            try:
+                out[key] = base64.b64decode(value).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+                log.info("Secret %s/%s: key %s is not UTF-8 text; not used", namespace, name, key)
+        return out
 
     def apply(self, namespace: str, action: Action) -> str:
         """Carry out one action; returns a short description for the log."""

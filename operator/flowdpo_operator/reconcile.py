@@ -151,6 +151,15 @@ class _Run:
         uri = self.doc.storage_uri()
         if self.storage.secret_missing:
             self.conds.set("StorageReady", False, "SecretNotFound", self._secret_message())
+        elif self.storage.no_credentials:
+            self.conds.set(
+                "StorageReady",
+                False,
+                "NoCredentials",
+                f"{uri}: not read (progress is not mirrored into this status): spec.storage.secretName is "
+                "not set and the operator does not use its own identity for runs; name a Secret, or let the "
+                "operator use its identity (chart value ambientStorageCredentials: true)",
+            )
         elif self.storage.reachable and not self.storage.error:
             what = "progress.json read" if self.progress else "reachable, no progress.json yet"
             self.conds.set("StorageReady", True, "Reachable", f"{uri}: {what}")

@@ -48,6 +48,7 @@ class ObservedStorage:
     """The run's object storage as the operator could read it with the run's credentials."""
 
     secret_missing: bool = False  # spec.storage.secretName names a Secret that does not exist
+    no_credentials: bool = False  # no Secret named, and the operator does not lend its own identity
     reachable: bool = False
     progress: Mapping[str, Any] | None = None  # progress.json; None: not written yet (or unreadable)
     error: str = ""

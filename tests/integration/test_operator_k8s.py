@@ -145,6 +145,17 @@ def test_secret_data_is_decoded_and_a_missing_secret_is_none(api):
     assert api.cluster.read_secret(NAMESPACE, "absent") is None
 
 
+def test_a_secret_with_binary_values_keeps_its_text_keys(api):
+    """A binary value (a DER certificate next to the keys) must not crash the operator."""
+    encoded = {
+        "AWS_ACCESS_KEY_ID": base64.b64encode(b"AKIA").decode(),
+        "ca.der": base64.b64encode(b"\x30\x82\xff\xfe").decode(),
+        "broken": "not base64!",
+    }
+    api.routes[("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/mixed")] = (200, {"data": encoded})
+    assert api.cluster.read_secret(NAMESPACE, "mixed") == {"AWS_ACCESS_KEY_ID": "AKIA"}
+
+
 def test_observe_reads_children_by_name_and_sets_aside_foreign_ones(api):
     doc = run_doc()
     job = builders.job(doc, OWNER, "prepare")

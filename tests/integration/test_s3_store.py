@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flowdpo.storage import StoreError, open_store
+from flowdpo.storage import ObjectStore, RunLayout, StoreError, open_store
 from tests.support.s3util import BUCKET, MotoS3, MotoSubprocess
 
 
@@ -108,3 +108,58 @@ def test_calls_ride_out_a_hung_endpoint(tmp_path, monkeypatch):
         assert store.get("during.json") == b"mine"
     finally:
         s3.close()
+
+
+class _Listener:
+    """An HTTP endpoint a run file could name: records the headers of every request, answers 404."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.headers = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(dict(self.headers))
+                self.send_response(404)
+                self.send_header("Content-Type", "application/xml")
+                body = b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("secret_keys", [False, True], ids=["secret-without-keys", "secret-with-keys"])
+def test_a_store_built_from_a_secret_never_lends_the_process_identity(monkeypatch, secret_keys):
+    """The operator reads a run's storage with the run's Secret. Its own identity (here AWS_* variables of
+    the process; in a cluster also IRSA and instance metadata) must never sign a request to an endpoint
+    the run names."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "OPERATORKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "OPERATORTOKEN")
+    listener = _Listener()
+    try:
+        env = {"AWS_ENDPOINT_URL": listener.url}
+        if secret_keys:
+            env.update({"AWS_ACCESS_KEY_ID": "RUNKEY", "AWS_SECRET_ACCESS_KEY": "run-secret"})
+        store = ObjectStore("s3://bucket/run", retry_seconds=1, create=False, env=env)
+        assert store.get_json_or(RunLayout.progress) is None
+    finally:
+        listener.close()
+    assert listener.headers, "the request reached the run's endpoint"
+    for headers in listener.headers:
+        text = repr(headers)
+        assert "OPERATORKEY" not in text and "OPERATORTOKEN" not in text
+        auth = {k.lower(): v for k, v in headers.items()}.get("authorization")
+        assert (auth is not None and "Credential=RUNKEY/" in auth) if secret_keys else auth is None

@@ -114,8 +114,18 @@ def test_an_invalid_spec_reads_no_storage_and_fails():
     assert cluster.run["status"]["phase"] == "Failed"
 
 
-def test_storage_without_a_secret_uses_the_operators_own_identity():
+def test_storage_without_a_secret_is_not_read_with_the_operators_identity_unless_allowed():
+    """A run's creator must not borrow the operator's access to buckets: without a Secret the operator
+    reads nothing (and says why in StorageReady), unless the chart opts in (ambientStorageCredentials)."""
+    body = run_body({"storage": {"uri": "gs://bucket/runs/{name}", "secretName": None}})
+    ctl, cluster, reader = controller_for(body)
+    ctl.sync(NAMESPACE, "demo")
+    assert reader.calls == []
+    [cond] = [c for c in cluster.run["status"]["conditions"] if c["type"] == "StorageReady"]
+    assert (cond["status"], cond["reason"]) == ("False", "NoCredentials")
+    assert "ambientStorageCredentials" in cond["message"]
     ctl, _, reader = controller_for(run_body({"storage": {"uri": "gs://bucket/runs/{name}", "secretName": None}}))
+    ctl.ambient_credentials = True
     ctl.sync(NAMESPACE, "demo")
     assert reader.calls == [("gs://bucket/runs/demo", None)]
 
