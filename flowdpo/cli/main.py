@@ -31,10 +31,13 @@ def error_exit_codes() -> dict[type[BaseException], int]:
     from flowdpo.loader import BackendError
     from flowdpo.models import ModelError
     from flowdpo.run.prepare import DataError, RunConflictError
+    from flowdpo.run.writer import RunBusyError
     from flowdpo.spec import SpecError
     from flowdpo.storage import StoreError
 
-    return {SpecError: 2, ModelError: 2, RunConflictError: 2, StoreError: 2, CompileError: 2, BackendError: 2, DataError: 2}
+    user_errors = (SpecError, ModelError, RunConflictError, StoreError, CompileError, BackendError, DataError,
+                   RunBusyError)
+    return {cls: 2 for cls in user_errors}
 
 
 def build_parser() -> argparse.ArgumentParser:

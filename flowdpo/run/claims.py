@@ -62,6 +62,33 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ClaimKeys:
+    """Where the claims of one kind of thing live: shards (the default), or the run's one writer."""
+
+    prefix: Callable[[int | None], str]  # listing prefix of one shard's claims (None: of all)
+    attempt: Callable[[int, int], str]
+    lease: Callable[[int, int], str]
+    parse: Callable[[str], tuple[int, str, int] | None]
+    done: Callable[[int], str] | None  # an object whose existence means "nothing left to claim"
+
+
+SHARD_CLAIMS = ClaimKeys(
+    prefix=lambda shard: RunLayout.claims_root if shard is None else RunLayout.claim_prefix(shard),
+    attempt=RunLayout.claim_attempt,
+    lease=RunLayout.claim_lease,
+    parse=RunLayout.parse_claim,
+    done=RunLayout.results,
+)
+WRITER_CLAIMS = ClaimKeys(
+    prefix=lambda _shard: RunLayout.writer_claims,
+    attempt=lambda _shard, n: RunLayout.writer_attempt(n),
+    lease=lambda _shard, n: RunLayout.writer_lease(n),
+    parse=RunLayout.parse_writer_claim,
+    done=None,
+)
+
+
+@dataclass(frozen=True)
 class ClaimInfo:
     """What an observer sees of a shard's claims."""
 
@@ -85,9 +112,11 @@ class Claims:
         worker: str | None = None,
         lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
+        keys: ClaimKeys = SHARD_CLAIMS,
     ):
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
+        self.keys = keys
         self.store = store
         self.worker = worker or new_worker_id()
         self.lease_seconds = lease_seconds
@@ -100,10 +129,9 @@ class Claims:
 
     def attempts(self, shard: int | None = None) -> dict[int, int]:
         """Highest attempt number per shard (one LIST of claims/, or of one shard's folder)."""
-        prefix = RunLayout.claims_root if shard is None else RunLayout.claim_prefix(shard)
         highest: dict[int, int] = {}
-        for key in self.store.list(prefix):
-            parsed = RunLayout.parse_claim(key)
+        for key in self.store.list(self.keys.prefix(shard)):
+            parsed = self.keys.parse(key)
             if parsed and parsed[1] == "attempt":
                 s, _, n = parsed
                 highest[s] = max(highest.get(s, 0), n)
@@ -114,21 +142,36 @@ class Claims:
             attempt = self.attempts(shard).get(shard, 0)
         if attempt == 0:
             return ClaimInfo(shard, 0, None, None, "unclaimed")
-        lease = self.store.get_json_or(RunLayout.claim_lease(shard, attempt))
-        record = lease if lease is not None else self.store.get_json_or(RunLayout.claim_attempt(shard, attempt), {})
+        lease = self.store.get_json_or(self.keys.lease(shard, attempt))
+        record = lease if lease is not None else self.store.get_json_or(self.keys.attempt(shard, attempt), {})
         return ClaimInfo(
             shard, attempt, record.get("worker"), record.get("expiresAt"), record.get("state", "held")
         )
+
+    def _holder_is_dead(self, info: ClaimInfo) -> bool:
+        """A holder on this very host whose process is gone (a SIGKILLed `flowdpo run` being restarted):
+        its lease need not be waited out."""
+        record = self.store.get_json_or(self.keys.attempt(info.shard, info.attempt), {})
+        pid, host = record.get("pid"), record.get("host")
+        if host != socket.gethostname() or not isinstance(pid, int) or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
     # -- claiming --------------------------------------------------------------------------------------
     def try_claim(self, shard: int, attempt_seen: int | None = None) -> Claim | None:
         """Claim `shard` if it is not done and unclaimed, released or expired; None otherwise.
         `attempt_seen`: the highest attempt the caller already listed (saves a LIST)."""
-        if self.store.exists(RunLayout.results(shard)):
+        if self.keys.done is not None and self.store.exists(self.keys.done(shard)):
             return None
         info = self.inspect(shard, attempt_seen)
         now = self.clock()
-        if not info.free(now):
+        if not info.free(now) and not self._holder_is_dead(info):
             return None
         n = info.attempt + 1
         token = uuid.uuid4().hex
@@ -145,7 +188,7 @@ class Claims:
             "takeoverOf": info.attempt or None,
             "previousWorker": info.worker,
         }
-        if not self.store.create_json(RunLayout.claim_attempt(shard, n), record):
+        if not self.store.create_json(self.keys.attempt(shard, n), record):
             return None  # another worker created attempt n first
         if info.attempt:
             log.info("shard %d: took over from %s (attempt %d, %s)", shard, info.worker, n, info.state)
@@ -188,7 +231,7 @@ class Claims:
 
     def _write_lease(self, claim: Claim, state: str, expires_at: float) -> None:
         self.store.put_json(
-            RunLayout.claim_lease(claim.shard, claim.attempt),
+            self.keys.lease(claim.shard, claim.attempt),
             {
                 "attempt": claim.attempt,
                 "worker": claim.worker,

@@ -19,6 +19,7 @@ from flowdpo.metrics import Metrics
 from flowdpo.run.prepare import prepare_run
 from flowdpo.run.progress import publish_progress as _publish_progress
 from flowdpo.run.shard import LiveProgress, ShardRollout, release_free_memory
+from flowdpo.run.writer import WriterLease
 from flowdpo.spec import RunDocument
 from flowdpo.storage import open_store
 from flowdpo.train.online import OnlineTrainer, read_pairs
@@ -38,6 +39,11 @@ def run_local(
     metrics = metrics or Metrics(doc.name)
     metrics.set_phase("Preparing")
     manifest = prepare_run(store, doc)
+    with WriterLease(store, "run").acquire(wait=False) as writer:  # one writer per run
+        return _train(doc, store, manifest, metrics, writer, show_progress, max_shards)
+
+
+def _train(doc, store, manifest, metrics, writer: WriterLease, show_progress, max_shards) -> dict:
     spec = doc.spec
 
     policy = load_policy(spec)
@@ -58,6 +64,7 @@ def run_local(
             continue
         if max_shards is not None and done_here >= max_shards:
             break
+        writer.check()
         t0 = time.monotonic()
         view.shard_started()
         live.begin_shard()
@@ -68,6 +75,7 @@ def run_local(
             metrics.shard_seconds.labels(doc.name, "rollout").observe(time.monotonic() - t0)
         release_free_memory()  # what the rollouts freed goes back to the system before training
         t1 = time.monotonic()
+        writer.check()
         trainer.consume(shard)
         train_seconds = time.monotonic() - t1
         metrics.shard_seconds.labels(doc.name, "train").observe(train_seconds)
@@ -78,6 +86,7 @@ def run_local(
         done_here += 1
     finished = len(trainer.state.consumed) == manifest["shards"]
     if finished:
+        writer.check()
         trainer.finish()
         backend.set_versions(trainer.state.versions)
     progress = view.publish("Succeeded" if finished else "Training")

@@ -15,6 +15,7 @@ import time
 from flowdpo.metrics import Metrics
 from flowdpo.run.common import open_program
 from flowdpo.run.progress import publish_progress
+from flowdpo.run.writer import WriterLease
 from flowdpo.spec import RunDocument
 from flowdpo.storage import RunLayout
 from flowdpo.train.online import OnlineTrainer
@@ -24,9 +25,16 @@ log = logging.getLogger(__name__)
 
 def run_trainer(doc: RunDocument, metrics: Metrics | None = None, *, poll_seconds: float = 1.0) -> dict:
     """Train until every shard is consumed; returns the final progress.json."""
-    from flowdpo.loader import load_policy
 
     store, metrics, manifest = open_program(doc, metrics, poll_seconds)
+    # One writer per run: a second trainer (or a `flowdpo run` on the same storage) waits here, writing nothing.
+    with WriterLease(store, "trainer").acquire(wait=True, poll_seconds=max(poll_seconds, 1.0)) as writer:
+        return _train(doc, store, manifest, metrics, writer, poll_seconds)
+
+
+def _train(doc, store, manifest, metrics, writer: WriterLease, poll_seconds: float) -> dict:
+    from flowdpo.loader import load_policy
+
     run, spec = doc.name, doc.spec
     total = manifest["shards"]
 
@@ -58,6 +66,7 @@ def run_trainer(doc: RunDocument, metrics: Metrics | None = None, *, poll_second
             metrics.shard_seconds.labels(run, "wait").observe(time.monotonic() - waiting_since)
             waiting_since = None
         t0 = time.monotonic()
+        writer.check()
         trainer.consume(shard)
         metrics.shard_seconds.labels(run, "train").observe(time.monotonic() - t0)
         metrics.shards_done.labels(run, "train").inc()
@@ -65,6 +74,7 @@ def run_trainer(doc: RunDocument, metrics: Metrics | None = None, *, poll_second
         metrics.pending_shards.labels(run).set(len(done - set(trainer.state.consumed)))
         publish("Training")
         log.info("consumed shard %d (%d/%d), versions %s", shard, len(trainer.state.consumed), total, trainer.state.versions)
+    writer.check()
     trainer.finish()
     progress = publish("Succeeded")
     log.info("trainer finished: %d examples, versions %s", progress["examples"], progress["adapterVersions"])

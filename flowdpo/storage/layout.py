@@ -6,6 +6,8 @@ examples/shard-000123.jsonl        prepared examples (id, question, gold answer,
 examples/MANIFEST.json             number of shards and examples, written last by `prepare`
 claims/shard-000123/attempt-0001.json  a worker's claim of a shard (atomic create; the highest attempt owns it)
 claims/shard-000123/lease-0001.json    lease of attempt 1: expiry, renewed (overwritten) by its owner only
+claims/writer/attempt-0001.json    the trainer's (or `flowdpo run`'s) claim of the whole run: one writer at a time
+claims/writer/lease-0001.json      its lease (same protocol as a shard's)
 results/shard-000123.jsonl         per-example outcomes (atomic create: the first finished attempt wins)
 pairs/shard-000123/<attempt>.jsonl mined DPO pairs with lineage; written before results, which name the attempt
 trainer/state/LATEST.json          pointer to the newest trainer checkpoint
@@ -46,6 +48,7 @@ from flowdpo.names import ADAPTERS, COMPILE_SOURCES
 
 _SHARD_RE = re.compile(r"shard-(\d{6})\.")
 _CLAIM_RE = re.compile(r"^claims/shard-(\d{6})/(attempt|lease)-(\d{4,})\.json$")
+_WRITER_CLAIM_RE = re.compile(r"^claims/writer/(attempt|lease)-(\d{4,})\.json$")
 _STATE_RE = re.compile(r"^trainer/state/(\d{6})(-final)?\.json$")
 _SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # a user-chosen part of a key: one path segment
 
@@ -88,6 +91,23 @@ class RunLayout:
         """(shard, "attempt"|"lease", attempt number) of a claims/ key; None for other keys."""
         m = _CLAIM_RE.match(key)
         return (int(m.group(1)), m.group(2), int(m.group(3))) if m else None
+
+    writer_claims = "claims/writer/"
+
+    @classmethod
+    def writer_attempt(cls, attempt: int) -> str:
+        """Attempt `attempt` at being the run's one writer (trainer or `flowdpo run`): created once."""
+        return f"{cls.writer_claims}attempt-{attempt:04d}.json"
+
+    @classmethod
+    def writer_lease(cls, attempt: int) -> str:
+        return f"{cls.writer_claims}lease-{attempt:04d}.json"
+
+    @staticmethod
+    def parse_writer_claim(key: str) -> tuple[int, str, int] | None:
+        """(0, "attempt"|"lease", attempt number) of a claims/writer/ key; None for other keys."""
+        m = _WRITER_CLAIM_RE.match(key)
+        return (0, m.group(1), int(m.group(2))) if m else None
 
     @classmethod
     def results(cls, shard: int) -> str:

@@ -229,23 +229,28 @@ class ObjectStore:
     def create(self, key: str, data: bytes) -> bool:
         """Atomic create: True if this call created the object, False if it already existed.
 
-        A create whose request timed out may still have landed; its retry then finds the object. If
-        the object holds exactly `data`, that was this call's own write and the answer is True. So
-        callers that need one winner among racers put something unique in `data` (an attempt id)."""
+        Exclusive: an object that existed before this call is never reported as created, whatever it
+        holds. Only when an earlier try of this same call failed in transit (it may have landed) and the
+        object now holds exactly `data` is that taken as this call's own write. Callers that need one
+        winner among racers put something unique in `data` (an attempt id)."""
+        tries = 0
 
-        def once() -> bool:
+        def once() -> bool | None:
+            nonlocal tries
+            tries += 1
             try:
                 obstore.put(self._store, key, data, mode="create", use_multipart=False)
                 return True
             except (AlreadyExistsError, FileExistsError):
-                return False
+                return None if tries > 1 else False
 
         try:
-            if self._retry(f"CREATE {key}", once):
-                return True
+            created = self._retry(f"CREATE {key}", once)
         except (FileNotFoundError, NotFoundError) as e:  # S3: NoSuchBucket
             raise StoreError(f"{self.uri}: cannot write {key}: {str(e).splitlines()[0]}") from None
-        try:
+        if created is not None:
+            return created
+        try:  # an earlier try of this call may have landed before its answer was lost
             return self.get(key) == data
         except KeyError:  # created and deleted in between: not ours
             return False

@@ -131,3 +131,15 @@ def test_heartbeat_renews_in_real_time(s3_env):
         assert time.monotonic() - t0 < 5
         time.sleep(0.1)
     assert taken.attempt == 2 and 0.3 < time.monotonic() - t0 < 3
+
+
+def test_one_writer_per_run_on_both_stores(store):
+    """The run's writer lease (flowdpo/run/writer.py) on a local folder and on the S3 API: a second writer is
+    refused while the first holds it, and starts once it is released."""
+    from flowdpo.run.writer import RunBusyError, WriterLease
+
+    first = WriterLease(store, "trainer", lease_seconds=30).acquire(wait=False)
+    with pytest.raises(RunBusyError, match=first.claim.worker):
+        WriterLease(store, "run", lease_seconds=30).acquire(wait=False)
+    first.release()
+    WriterLease(store, "run", lease_seconds=30).acquire(wait=False).release()

@@ -206,3 +206,24 @@ def test_eta_adds_the_training_measured_after_each_shard():
     assert view.eta_seconds() == pytest.approx(6 * (10.0 + 5.0))
     view.live = SimpleNamespace(examples=0, busy_seconds=0.0)
     assert view.eta_seconds() is None
+
+
+def test_a_second_flowdpo_run_on_the_same_folder_is_refused(tiny_run_file, tmp_path):
+    """One writer per run: while one `flowdpo run` trains, a second on the same folder exits with a message
+    naming the holder, before it writes anything."""
+    run_file = tiny_run_file(name="busy", n=6, shard=2)
+    cmd = [sys.executable, "-m", "flowdpo.cli.main", "run", str(run_file), "--no-progress", "--no-report"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lease = tmp_path / "runs" / "busy" / RunLayout.writer_attempt(1)
+        deadline = time.monotonic() + 300
+        while not lease.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lease.exists() and first.poll() is None
+        second = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert "another process is writing this run" in second.stderr
+        assert not (tmp_path / "runs" / "busy" / RunLayout.writer_attempt(2)).exists()
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
