@@ -33,7 +33,14 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, GenericError, JoinError, NotFoundError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    GenericError,
+    JoinError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,13 +86,49 @@ _TRANSIENT_MARKERS = (
 )
 
 
-def _is_transient(err: BaseException) -> bool:
+# Errors that retrying cannot fix: the credentials are missing, wrong or lack a permission.
+_AUTH_MARKERS = (
+    "credential",
+    "403 forbidden",
+    "401 unauthorized",
+    "accessdenied",
+    "invalidaccesskeyid",
+    "signaturedoesnotmatch",
+    "expiredtoken",
+    "authorizationfailure",
+    "authenticationfailed",
+)
+# Missing bucket / container: S3, GCS, Azure. Without this a missing bucket reads as a missing object.
+_NO_BUCKET_MARKERS = ("nosuchbucket", "the specified bucket does not exist", "containernotfound")
+
+
+def _summary(err: BaseException) -> str:
+    """What an obstore error says, without the debug dump it appends (which quotes settings such as
+    `retry_timeout`, so matching words in it misclassifies errors)."""
+    return str(err).split("\n\nDebug source:")[0]
+
+
+def _classify(err: BaseException) -> str:
+    """"auth", "transient" (retry), "no-bucket" or "other" (raise as it is)."""
+    if isinstance(err, (PermissionDeniedError, UnauthenticatedError)):
+        return "auth"
     if isinstance(err, JoinError):
-        return True
+        return "transient"
+    msg = _summary(err).lower()
+    if isinstance(err, (NotFoundError, FileNotFoundError)):
+        return "no-bucket" if any(m in msg for m in _NO_BUCKET_MARKERS) else "other"
     if isinstance(err, GenericError):
-        msg = str(err).lower()
-        return any(m in msg for m in _TRANSIENT_MARKERS)
-    return False
+        if any(m in msg for m in _AUTH_MARKERS):
+            return "auth"
+        if any(m in msg for m in _NO_BUCKET_MARKERS):
+            return "no-bucket"
+        if any(m in msg for m in _TRANSIENT_MARKERS):
+            return "transient"
+    return "other"
+
+
+def _is_transient(err: BaseException) -> bool:
+    return _classify(err) == "transient"
 
 
 _CLOUD_ENV_PREFIX = {"gs": "GOOGLE_", "az": "AZURE_", "abfs": "AZURE_"}
@@ -200,7 +243,18 @@ class ObjectStore:
             try:
                 return fn()
             except Exception as e:  # classified below
-                if not _is_transient(e):
+                kind = _classify(e)
+                if kind == "auth":
+                    raise StoreError(
+                        f"{self.uri}: {what}: access denied or no valid credentials ({_summary(e).splitlines()[0][:300]}). "
+                        "Check the storage credentials: AWS_* / GOOGLE_* / AZURE_* variables, or the keys of the "
+                        "Secret named in spec.storage.secretName"
+                    ) from None
+                if kind == "no-bucket":
+                    raise StoreError(
+                        f"{self.uri}: the bucket (or container) does not exist; create it, or fix spec.storage.uri"
+                    ) from None
+                if kind != "transient":
                     raise
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"{self.uri}: {what} failed for {self.retry_seconds:.0f}s: {e}") from None

@@ -8,11 +8,10 @@ reads again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 
-from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
 
 from .world import ObservedStorage
 
@@ -28,8 +27,8 @@ def read_progress(
     try:
         store = ObjectStore(uri, retry_seconds=retry_seconds, create=False, env=env)
         progress = store.get_json_or(RunLayout.progress)
-    except json.JSONDecodeError as e:
-        return ObservedStorage(reachable=True, error=f"{RunLayout.progress} is not JSON: {e}")
+    except CorruptObjectError as e:  # the storage answered; the object is damaged
+        return ObservedStorage(reachable=True, error=str(e))
     except Exception as e:  # noqa: BLE001 - obstore's errors (auth, DNS, TLS, bucket) all mean "cannot read"
         first_line = (str(e).splitlines() or [type(e).__name__])[0]
         log.debug("reading %s/%s failed: %s", uri, RunLayout.progress, e)

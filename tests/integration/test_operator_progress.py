@@ -67,7 +67,7 @@ def test_a_corrupt_progress_json_is_an_error_not_an_exception(moto_s3, clean_env
     uri = moto_s3.uri("corrupt")
     open_store(uri, env=moto_s3.env).put(RunLayout.progress, b"{not json")
     seen = read_progress(uri, moto_s3.env)
-    assert seen.reachable and seen.progress is None and "not JSON" in seen.error
+    assert seen.reachable and seen.progress is None and "not valid JSON" in seen.error
 
 
 def test_gcs_and_azure_keys_of_the_secret_reach_the_store(clean_env):

@@ -48,7 +48,7 @@ def test_s3_create_has_exactly_one_winner(s3_env):
 
 def test_missing_bucket_is_a_clear_error(s3_env):
     store = open_store(f"s3://no-such-bucket-{int(time.time())}/runs/x")
-    with pytest.raises(StoreError, match="cannot write"):
+    with pytest.raises(StoreError, match="bucket .*does not exist"):
         store.put("k", b"v")
 
 
@@ -163,3 +163,63 @@ def test_a_store_built_from_a_secret_never_lends_the_process_identity(monkeypatc
         assert "OPERATORKEY" not in text and "OPERATORTOKEN" not in text
         auth = {k.lower(): v for k, v in headers.items()}.get("authorization")
         assert (auth is not None and "Credential=RUNKEY/" in auth) if secret_keys else auth is None
+
+
+class _Refusing(_Listener):
+    """An endpoint that answers every request 403 AccessDenied, counting them."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.headers = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _deny(self):
+                seen.append(dict(self.headers))
+                body = b'<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
+                self.send_response(403)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = _deny
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_access_denied_fails_fast_with_a_message():
+    """A 403 is not an outage: no retries for the store's whole budget, a StoreError saying what to check."""
+    listener = _Refusing()
+    try:
+        env = {"AWS_ENDPOINT_URL": listener.url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        store = ObjectStore("s3://bucket/run", retry_seconds=300, create=False, env=env)
+        with pytest.raises(StoreError, match="access denied or no valid credentials"):
+            store.get(RunLayout.progress)
+    finally:
+        listener.close()
+    assert len(listener.headers) == 1
+
+
+def test_a_missing_bucket_is_not_a_missing_object(s3_env):
+    """`flowdpo status` and the operator must say the bucket is missing, not "no progress.json yet"."""
+    bucketless = s3_env.uri().replace(f"s3://{BUCKET}/", "s3://no-such-bucket-here/")
+    store = open_store(bucketless, create=False)
+    with pytest.raises(StoreError, match="bucket .*does not exist"):
+        store.get_json_or(RunLayout.progress)
+
+
+def test_credential_errors_are_classified_by_their_message_not_the_debug_dump():
+    from obstore.exceptions import GenericError
+
+    from flowdpo.storage.store import _classify
+
+    dump = "\n\nDebug source:\nRetryError { retry_timeout: 30s, timeout: Some(30s), connection: ... }"
+    assert _classify(GenericError("Generic S3 error: Error getting credentials from instance metadata" + dump)) == "auth"
+    assert _classify(GenericError("Generic S3 error: bad configuration value" + dump)) == "other"
+    assert _classify(GenericError("Generic S3 error: error sending request for url" + dump)) == "transient"
