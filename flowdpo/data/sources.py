@@ -175,9 +175,27 @@ def _json_object_rows(doc: dict[str, Any]) -> list[dict[str, Any] | str] | None:
     return rows
 
 
+# Bounds on data rows: a row over these is skipped and counted (a run's questions are prompts; its golds are
+# final answers, compared by the grader).
+MAX_ROW_CHARS = 1_000_000
+MAX_QUESTION_CHARS = 20_000
+MAX_GOLD_CHARS = 200
+NON_FINITE = frozenset({"nan", "inf", "infinity", "\\infty", "∞"})
+
+
 def _jsonl_rows(f: Path) -> Iterator[dict[str, Any] | str]:
-    with f.open(encoding="utf-8") as fh:
-        text = fh.read()
+    raw = f.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # one bad line must not reject the file: read it line by line, skipping those
+        for line in raw.split(b"\n"):
+            try:
+                decoded = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield "line is not UTF-8 text"
+                continue
+            yield from _json_line_rows(decoded)
+        return
     if f.name.endswith(".json") and text.lstrip().startswith("{"):
         try:
             doc = json.loads(text)
@@ -199,14 +217,21 @@ def _jsonl_rows(f: Path) -> Iterator[dict[str, Any] | str]:
             yield row if isinstance(row, dict) else "row is not a JSON object"
         return
     for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            yield "malformed JSON line"
-            continue
-        yield row if isinstance(row, dict) else "row is not a JSON object"
+        yield from _json_line_rows(line)
+
+
+def _json_line_rows(line: str) -> Iterator[dict[str, Any] | str]:
+    if not line.strip():
+        return
+    if len(line) > MAX_ROW_CHARS:
+        yield f"row longer than {MAX_ROW_CHARS:,} characters"
+        return
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        yield "malformed JSON line"
+        return
+    yield row if isinstance(row, dict) else "row is not a JSON object"
 
 
 def _parquet_rows(f: Path) -> Iterator[dict[str, Any] | str]:
@@ -287,9 +312,15 @@ def _to_example(
             return f"non-string field {f!r}"
         if not v.strip():
             return f"empty field {f!r}"
+    if len(question) > MAX_QUESTION_CHARS:
+        return f"question longer than {MAX_QUESTION_CHARS:,} characters"
     gold = final(answer)
     if not gold:
         return no_answer
+    if len(gold) > MAX_GOLD_CHARS:
+        return f"gold answer longer than {MAX_GOLD_CHARS} characters"
+    if gold.strip().lower().lstrip("+-") in NON_FINITE:
+        return "non-finite gold answer"
     return Example(ex_id, question.strip(), gold, source, solution(answer))
 
 

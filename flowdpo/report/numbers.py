@@ -269,6 +269,7 @@ def compute(data: dict[str, Any]) -> dict[str, Any]:
         "order": data["order"],
         "examples": n,
         "examplesTotal": progress.get("examplesTotal"),
+        "dataSkipped": progress.get("dataSkipped") or {},
         "examplesInProgress": progress.get("examples"),
         "shards": {
             "counted": len(data["shardsUsed"]),

@@ -135,6 +135,9 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         )
     if sh["consumedWithoutResults"]:
         lines.append(f"- Consumed shards without a results object (skipped): {sh['consumedWithoutResults']}.")
+    if N.get("dataSkipped"):
+        reasons = "; ".join(f"{n} x {r}" for r, n in sorted(N["dataSkipped"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- Data rows skipped when the run was prepared: {sum(N['dataSkipped'].values())} ({reasons}).")
     if N.get("examplesInProgress") is not None and N["examplesInProgress"] != N["examples"]:
         lines.append(
             f"- Note: progress.json counts {N['examplesInProgress']} examples; this report counts {N['examples']}."

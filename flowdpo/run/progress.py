@@ -34,6 +34,7 @@ def build_progress(run: str, phase: str, state: TrainerState, manifest: dict, li
         "trainerSteps": dict(state.steps),
         "last": state.last,
         "shards": {"total": manifest["shards"], "consumed": len(state.consumed)},
+        "dataSkipped": dict(manifest.get("skipped") or {}),  # rows of the data files left out, by reason
         "elapsedSeconds": round(state.elapsed_seconds, 1),
         "examplesPerHour": round(rate * 3600, 1) if rate else None,
         "etaSeconds": round(remaining / rate, 1) if rate and remaining > 0 else (0.0 if remaining <= 0 else None),
@@ -54,6 +55,10 @@ def format_progress(p: dict) -> str:
         f"  examples            {p['examples']}/{p['examplesTotal']}  shards {p['shards']['consumed']}/{p['shards']['total']}",
         f"  progressive acc     {'-' if acc is None else f'{acc:.3f}'}  ({p['correct']} correct)",
     ]
+    skipped = p.get("dataSkipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{n} x {r}" for r, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        lines.append(f"  data rows skipped   {sum(skipped.values())} ({reasons})")
     for name, b in p["baselines"].items():
         a = b["accuracy"]
         lines.append(f"  baseline {name:<14} {'-' if a is None else f'{a:.3f}'}  ({b['correct']}/{b['examples']})")

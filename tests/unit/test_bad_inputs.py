@@ -152,3 +152,34 @@ def test_a_garbage_results_line_is_named_with_its_line(tmp_path):
     store.put(RunLayout.results(0), b'{"exampleId": "a"}\n{truncated\n')
     with pytest.raises(CorruptObjectError, match=r"results/shard-000000.jsonl line 2"):
         store.get_jsonl(RunLayout.results(0))
+
+
+def test_bad_data_rows_are_skipped_counted_and_shown(tmp_path):
+    """One bad line must not reject a data file: a non-UTF-8 line, an oversized question and a non-finite
+    gold are skipped and counted; the counts reach progress.json, `flowdpo status` and the report."""
+    from flowdpo.data import load_examples
+    from flowdpo.run.progress import build_progress, format_progress
+    from flowdpo.spec import DataSpec
+    from flowdpo.train.online import TrainerState
+
+    good = [json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}).encode() for i in range(5)]
+    bad = [
+        b'{"question": "caf\xe9?", "answer": "#### 1"}',  # Latin-1, not UTF-8
+        json.dumps({"question": "x" * 30_000, "answer": "#### 2"}).encode(),
+        json.dumps({"question": "What is 0/0?", "answer": "#### nan"}).encode(),
+        json.dumps({"question": "Big?", "answer": "#### inf"}).encode(),
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(b"\n".join(good + bad) + b"\n")
+    spec = DataSpec.model_validate({"source": "jsonl", "path": str(path), "numExamples": 100, "shardSize": 5})
+    examples, report = load_examples(spec)
+    assert len(examples) == 5
+    assert report.skipped == {
+        "line is not UTF-8 text": 1,
+        "question longer than 20,000 characters": 1,
+        "non-finite gold answer": 2,
+    }
+    manifest = {"examples": 5, "shards": 1, "skipped": report.skipped}
+    progress = build_progress("demo", "Training", TrainerState(), manifest)
+    assert progress["dataSkipped"] == report.skipped
+    assert "data rows skipped   4 (2 x non-finite gold answer" in format_progress(progress)
