@@ -19,13 +19,18 @@ from flowdpo.spec import RunDocument
 from flowdpo_operator.metrics import OperatorMetrics
 
 from .builders import Owner
-from .k8s import Cluster
+from .k8s import ApiError, Cluster
 from .progress import read_progress
 from .reconcile import Decision, RunState, is_settled, reconcile
+from .status import Conditions
 from .validation import validate
 from .world import ObservedStorage
 
 log = logging.getLogger(__name__)
+
+class OperatorBug(RuntimeError):
+    """A reconcile failed for a reason other than the Kubernetes API; recorded on the run as OperatorError."""
+
 
 ProgressReader = Callable[[str, Mapping[str, str] | None], ObservedStorage]
 
@@ -46,7 +51,37 @@ class Controller:
     ambient_credentials: bool = False
 
     def sync(self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter = log) -> Decision | None:
-        """Bring one run a step closer to its spec. None: the run is gone or settled (nothing to do)."""
+        """Bring one run a step closer to its spec. None: the run is gone or settled (nothing to do).
+
+        API errors propagate (the caller retries). Any other exception is a bug or an input the operator did
+        not foresee: it ends as condition OperatorError=True on the run (with the error) and is raised as
+        OperatorBug, so it is never a silent retry loop."""
+        try:
+            return self._sync(namespace, name, logger)
+        except ApiError:
+            raise
+        except Exception as e:
+            logger.exception("reconciling %s/%s failed", namespace, name)
+            self.metrics.reconciles.labels("error").inc()
+            message = f"{type(e).__name__}: {str(e)[:500]} (an error of flowdpo-operator; its log has the traceback)"
+            try:
+                self._record_error(namespace, name, message)
+            except ApiError as api:
+                logger.warning("could not record the error on %s/%s: %s", namespace, name, api)
+            raise OperatorBug(message) from e
+
+    def _record_error(self, namespace: str, name: str, message: str) -> None:
+        body = self.cluster.get_run(namespace, name)
+        if body is None:
+            return
+        status = dict(body.get("status") or {})
+        conds = Conditions(
+            status.get("conditions"), now=rfc3339(self.clock()), generation=int(body["metadata"].get("generation", 0))
+        )
+        conds.set("OperatorError", True, "InternalError", message)
+        self.cluster.patch_status(namespace, name, {**status, "conditions": conds.as_list()})
+
+    def _sync(self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter) -> Decision | None:
         body = self.cluster.get_run(namespace, name)
         if body is None:
             return None

@@ -27,7 +27,7 @@ import kopf
 from flowdpo.spec import API_GROUP
 from flowdpo_operator.crd import PLURAL, VERSION
 
-from .controller import Controller
+from .controller import Controller, OperatorBug
 from .k8s import ApiError
 
 RESOURCE = (API_GROUP, VERSION, PLURAL)
@@ -84,6 +84,10 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, options: O
                     logger.warning("sync failed, retrying at the next tick: %s", e)
                     return
                 raise kopf.TemporaryError(str(e), delay=options.retry_seconds) from None
+            except OperatorBug as e:  # already on the run as condition OperatorError, with the traceback logged
+                if in_timer:
+                    return
+                raise kopf.TemporaryError(str(e), delay=max(options.retry_seconds, 60.0)) from None
         if decision is None:
             return
         for event in decision.events:

@@ -73,6 +73,7 @@ def reconcile(run: RunState, observed: Observed, *, now: str) -> Decision:
     status = copy.deepcopy(previous)
     status["observedGeneration"] = run.generation
     conds = Conditions(previous.get("conditions"), now=now, generation=run.generation)
+    conds.clear("OperatorError", "Recovered", "the operator reconciled this run again without an error")
     doc = run.validation.doc
     errors = list(run.validation.errors)
     if doc is not None and observed.config is not None:

@@ -30,6 +30,7 @@ from flowdpo.names import ADAPTERS
 
 CONDITION_TYPES = (
     "Valid", "StorageReady", "Prepared", "Trained", "Compiled", "Evaluated", "Suspended", "Succeeded", "Failed",
+    "OperatorError",
 )  # fmt: skip
 MILESTONES = {"prepare": "Prepared", "trainer": "Trained", "compile": "Compiled", "eval": "Evaluated"}
 

@@ -166,3 +166,24 @@ def test_owner_uid_comes_from_the_run():
     ctl.sync(NAMESPACE, "demo")
     cm = cluster.objects[("ConfigMap", "demo-config")]
     assert cm["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_an_unexpected_error_ends_as_a_condition_on_the_run_and_clears_after_recovery():
+    """Not an API error (a bug, an input nobody foresaw): the run says so in condition OperatorError instead
+    of the operator retrying silently; the next good reconcile sets it False."""
+    from flowdpo_operator.controller import OperatorBug
+
+    def broken(uri, env):
+        raise ZeroDivisionError("the reader broke")
+
+    ctl, cluster, _ = controller_for(run_body())
+    good_reader = ctl.progress_reader
+    ctl.progress_reader = broken
+    with pytest.raises(OperatorBug, match="ZeroDivisionError: the reader broke"):
+        ctl.sync(NAMESPACE, "demo")
+    [cond] = [c for c in cluster.run["status"]["conditions"] if c["type"] == "OperatorError"]
+    assert (cond["status"], cond["reason"]) == ("True", "InternalError") and "the reader broke" in cond["message"]
+    ctl.progress_reader = good_reader
+    ctl.sync(NAMESPACE, "demo")
+    [cond] = [c for c in cluster.run["status"]["conditions"] if c["type"] == "OperatorError"]
+    assert (cond["status"], cond["reason"]) == ("False", "Recovered")
