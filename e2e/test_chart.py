@@ -77,8 +77,8 @@ def test_chart_operator_creates_the_children_of_a_sample_run_under_chart_rbac(
     applied = kubectl_apply(control_plane, namespace, doc, tmp_path)
     assert applied.returncode == 0, applied.stderr
     # Training needs the whole chain under the chart's RBAC: read the run, create the ConfigMap and the
-    # prepare Job, see it complete, read progress.json with the run's Secret, create trainer + rollout,
-    # patch the status.
+    # prepare Job, see it complete, create trainer + rollout, patch the status. The default install reads no
+    # Secret cluster-wide, so it follows the run by its Jobs and says so in StorageReady.
     wait(run_phase(kube_api, namespace, name), equals("Training"), timeout=240, unless=equals("Failed"))
     run = kubernetes.client.CustomObjectsApi(kube_api).get_namespaced_custom_object(
         "flowdpo.dev", "v1alpha1", namespace, "flowdporuns", name)
@@ -129,8 +129,10 @@ def test_chart_operator_creates_the_children_of_a_sample_run_under_chart_rbac(
     kubeconfig = control_plane.service_account_kubeconfig(namespace, sa, tmp_path / "operator.kubeconfig")
     assert can_i(control_plane, kubeconfig, "create", "jobs.batch", namespace)
     assert can_i(control_plane, kubeconfig, "patch", "flowdporuns.flowdpo.dev/status", namespace)
-    assert can_i(control_plane, kubeconfig, "get", "secrets", namespace)
+    assert not can_i(control_plane, kubeconfig, "get", "secrets", namespace)  # rbac.clusterWideSecrets: off
     assert not can_i(control_plane, kubeconfig, "list", "secrets", namespace)
+    conditions = {c["type"]: c for c in run["status"]["conditions"]}
+    assert conditions["StorageReady"]["reason"] == "NotRead" and "RBAC" in conditions["StorageReady"]["message"]
     assert not can_i(control_plane, kubeconfig, "create", "pods", namespace)
     assert not can_i(control_plane, kubeconfig, "delete", "customresourcedefinitions")
 

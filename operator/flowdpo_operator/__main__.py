@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the storage of runs that name no Secret with the operator's own identity (environment, "
         "workload identity, instance metadata); off by default: runs must name a Secret to be mirrored",
     )
+    p.add_argument(
+        "--allowed-image", action="append", default=[], metavar="PREFIX",
+        help="images run pods may use (repeatable; a prefix ending in '/' or ':' allows a registry path or a "
+        "repository's tags); default: any. Creating a FlowDPORun creates pods with the images it names",
+    )  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -80,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         metrics.serve(args.metrics_port)
     options = OperatorOptions(resync_seconds=args.resync_seconds, retry_seconds=max(2.0, args.resync_seconds))
     registry = kopf.OperatorRegistry()
-    controller = Controller(Cluster(api), metrics, ambient_credentials=args.ambient_storage_credentials)
+    controller = Controller(
+        Cluster(api),
+        metrics,
+        ambient_credentials=args.ambient_storage_credentials,
+        allowed_images=tuple(args.allowed_image),
+    )
     register(registry, controller, options)
     kopf.run(
         registry=registry,

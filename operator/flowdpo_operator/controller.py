@@ -49,6 +49,8 @@ class Controller:
     # workload identity, instance metadata). Off by default: a run's creator must not borrow the operator's
     # access to buckets (chart: ambientStorageCredentials).
     ambient_credentials: bool = False
+    # Image prefixes run pods may use (chart: allowedImages); empty: any. Creating a FlowDPORun creates pods.
+    allowed_images: tuple[str, ...] = ()
 
     def sync(self, namespace: str, name: str, logger: logging.Logger | logging.LoggerAdapter = log) -> Decision | None:
         """Bring one run a step closer to its spec. None: the run is gone or settled (nothing to do).
@@ -91,7 +93,7 @@ class Controller:
         if is_settled(status, generation):
             self.metrics.set_phase(namespace, name, status["phase"])
             return None
-        validation = validate(body)
+        validation = validate(body, self.allowed_images)
         observed = self.cluster.observe(namespace, name, meta["uid"])
         if validation.doc is not None:
             observed = dataclasses.replace(observed, storage=self._storage(namespace, validation.doc))
@@ -110,9 +112,20 @@ class Controller:
         secret_name = doc.spec.storage.secret_name
         env = None
         if secret_name:
-            env = self.cluster.read_secret(namespace, secret_name)
+            try:
+                env = self.cluster.read_secret(namespace, secret_name)
+            except ApiError as e:
+                if e.status != 403:
+                    raise
+                return ObservedStorage(
+                    not_read=f"the operator may not read Secret {secret_name!r} in namespace {namespace!r} (RBAC). "
+                    "Grant it (chart: watchNamespaces, or rbac.clusterWideSecrets: true) to mirror progress"
+                )
             if env is None:
                 return ObservedStorage(secret_missing=True)
         elif not self.ambient_credentials:
-            return ObservedStorage(no_credentials=True)
+            return ObservedStorage(
+                not_read="spec.storage.secretName is not set and the operator does not use its own identity for "
+                "runs; name a Secret, or let the operator use its identity (chart: ambientStorageCredentials: true)"
+            )
         return self.progress_reader(doc.storage_uri(), env)

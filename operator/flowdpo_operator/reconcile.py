@@ -152,14 +152,13 @@ class _Run:
         uri = self.doc.storage_uri()
         if self.storage.secret_missing:
             self.conds.set("StorageReady", False, "SecretNotFound", self._secret_message())
-        elif self.storage.no_credentials:
+        elif self.storage.not_read:
             self.conds.set(
                 "StorageReady",
                 False,
-                "NoCredentials",
-                f"{uri}: not read (progress is not mirrored into this status): spec.storage.secretName is "
-                "not set and the operator does not use its own identity for runs; name a Secret, or let the "
-                "operator use its identity (chart value ambientStorageCredentials: true)",
+                "NotRead",
+                f"{uri}: not read, so progress is not mirrored into this status (training is followed by its Jobs): "
+                f"{self.storage.not_read}",
             )
         elif self.storage.reachable and not self.storage.error:
             what = "progress.json read" if self.progress else "reachable, no progress.json yet"
@@ -188,7 +187,9 @@ class _Run:
         if step == "trainer":
             # The trainer exits 0 only after publishing progress.json with phase Succeeded; wait for it so
             # the final numbers are in the status when the run moves on.
-            return complete and bool(self.progress) and self.progress.get("phase") == "Succeeded"
+            # (Without access to the storage, the Job's completion is all there is to go by.)
+            mirrored = bool(self.progress) and self.progress.get("phase") == "Succeeded"
+            return complete and (mirrored or bool(self.storage.not_read))
         return complete
 
     def _blocked(self) -> str:

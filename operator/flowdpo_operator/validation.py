@@ -62,8 +62,9 @@ class Validation:
         return not self.errors
 
 
-def validate(body: Mapping[str, Any]) -> Validation:
-    """Validate a FlowDPORun object as read from the API (metadata beyond the name is ignored)."""
+def validate(body: Mapping[str, Any], allowed_images: tuple[str, ...] = ()) -> Validation:
+    """Validate a FlowDPORun object as read from the API (metadata beyond the name is ignored).
+    `allowed_images`: image prefixes run pods may use (empty: any); creating a FlowDPORun creates pods."""
     meta = body.get("metadata") or {}
     raw = {
         "apiVersion": body.get("apiVersion", API_VERSION),
@@ -77,8 +78,28 @@ def validate(body: Mapping[str, Any]) -> Validation:
         # parse_document's message: a headline, then one "  field: problem" line per error.
         lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
         return Validation(None, tuple(lines) or (str(e),))
-    errors = cluster_errors(doc)
+    errors = cluster_errors(doc) + image_errors(doc, allowed_images)
     return Validation(None if errors else doc, tuple(errors))
+
+
+def image_errors(doc: RunDocument, allowed: tuple[str, ...]) -> list[str]:
+    """Images outside the operator's allowlist (chart: allowedImages). A prefix ending in '/' or ':' allows a
+    registry path or a repository's tags; otherwise it must match the whole image."""
+    if not allowed:
+        return []
+    k = doc.spec.kubernetes
+    images = {"spec.kubernetes.image": k.image}
+    if doc.spec.rollout.backend == "vllm":
+        images["spec.kubernetes.vllm.image"] = k.vllm.image
+
+    def ok(image: str) -> bool:
+        return any(image == a or (a.endswith(("/", ":")) and image.startswith(a)) for a in allowed)
+
+    return [
+        f"{field}: {image!r} is not an allowed image (the operator allows: {', '.join(allowed)})"
+        for field, image in images.items()
+        if not ok(image)
+    ]
 
 
 def cluster_errors(doc: RunDocument) -> list[str]:

@@ -48,7 +48,9 @@ class ObservedStorage:
     """The run's object storage as the operator could read it with the run's credentials."""
 
     secret_missing: bool = False  # spec.storage.secretName names a Secret that does not exist
-    no_credentials: bool = False  # no Secret named, and the operator does not lend its own identity
+    # Why the operator did not read the storage at all (no Secret and no ambient identity allowed, or RBAC
+    # forbids reading the Secret). Training is then tracked by its Jobs alone; progress is not mirrored.
+    not_read: str = ""
     reachable: bool = False
     progress: Mapping[str, Any] | None = None  # progress.json; None: not written yet (or unreadable)
     error: str = ""

@@ -236,10 +236,14 @@ class TestOperatorDeployment:
 
 
 class TestRBAC:
-    def test_all_namespaces_grants_run_rules_cluster_wide(self, chart):
+    def test_all_namespaces_grants_run_rules_cluster_wide_but_no_secret_unless_opted_in(self, chart):
+        """A cluster-wide Secret read is every Secret of the cluster: the default install does without."""
+        no_secrets = {k: v for k, v in RUN_RULES.items() if k != ("", "secrets")}
         m = render(chart)
-        assert m.grants() == {None: {**DISCOVERY_RULES, **RUN_RULES}}
+        assert m.grants() == {None: {**DISCOVERY_RULES, **no_secrets}}
         assert not m.of_kind("Role") and not m.of_kind("RoleBinding")
+        opted = render(chart, {"rbac": {"clusterWideSecrets": True}})
+        assert opted.grants() == {None: {**DISCOVERY_RULES, **RUN_RULES}}
 
     def test_watch_namespaces_grants_run_rules_only_there(self, chart):
         m = render(chart, {"watchNamespaces": ["team-a", "team-b"]})
@@ -400,3 +404,17 @@ class TestNetworkPolicy:
 
     def test_can_be_turned_off(self, chart):
         assert render(chart, {"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []
+
+
+def test_allowlist_and_ambient_credentials_become_operator_flags(chart):
+    args = render(chart, {"allowedImages": ["registry.example.com/ml/"], "ambientStorageCredentials": True}).one(
+        "Deployment"
+    )["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--allowed-image") + 1] == "registry.example.com/ml/"
+    assert "--ambient-storage-credentials" in args
+    default = render(chart).one("Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--allowed-image" not in default and "--ambient-storage-credentials" not in default
+    from flowdpo_operator.__main__ import build_parser
+
+    parsed = build_parser().parse_args(args)
+    assert parsed.allowed_image == ["registry.example.com/ml/"] and parsed.ambient_storage_credentials

@@ -122,7 +122,7 @@ def test_storage_without_a_secret_is_not_read_with_the_operators_identity_unless
     ctl.sync(NAMESPACE, "demo")
     assert reader.calls == []
     [cond] = [c for c in cluster.run["status"]["conditions"] if c["type"] == "StorageReady"]
-    assert (cond["status"], cond["reason"]) == ("False", "NoCredentials")
+    assert (cond["status"], cond["reason"]) == ("False", "NotRead")
     assert "ambientStorageCredentials" in cond["message"]
     ctl, _, reader = controller_for(run_body({"storage": {"uri": "gs://bucket/runs/{name}", "secretName": None}}))
     ctl.ambient_credentials = True

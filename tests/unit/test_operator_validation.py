@@ -128,3 +128,24 @@ class TestImmutableChanges:
         assert immutable_changes(None, changed) == []
         assert immutable_changes("::: not yaml", changed) == []
         assert immutable_changes("kind: Other\n", changed) == []
+
+
+@pytest.mark.parametrize(
+    ("allowed", "ok"),
+    [
+        ((), True),
+        (("example.org/",), True),  # a registry path
+        (("example.org/trainer:",), False),  # another repository
+        (("ghcr.io/",), False),
+    ],
+)
+def test_image_allowlist(allowed, ok):
+    """Creating a FlowDPORun creates pods: with an allowlist, images outside it are refused by field."""
+    body = run_body({"kubernetes": {"image": "example.org/flowdpo:1"}})
+    result = validate(body, allowed)
+    assert result.ok == ok
+    if not ok:
+        assert result.errors == (
+            f"spec.kubernetes.image: 'example.org/flowdpo:1' is not an allowed image (the operator allows: "
+            f"{', '.join(allowed)})",
+        )

@@ -77,7 +77,8 @@ operator/README.md, verified there against a real API server).
   configmaps             <run>-config (update: replaced on a spec change)
   jobs                   prepare / trainer / compile / eval (delete: spec.suspend)
   deployments            <run>-rollout (update: scale and spec changes; delete after training)
-  secrets                get: the run's spec.storage.secretName, to read progress.json
+  secrets                get: the run's spec.storage.secretName, to read progress.json ("flowdpo.secretRules":
+                         watched namespaces only, or cluster-wide with rbac.clusterWideSecrets)
   events                 create: phase changes and warnings on the run
 Not granted: pods (Job and Deployment status suffice), any list/watch of children (read by name),
 flowdporuns/finalizers (the children's ownerReferences do not set blockOwnerDeletion).
@@ -99,9 +100,14 @@ flowdporuns/finalizers (the children's ownerReferences do not set blockOwnerDele
   resources: ["deployments"]
   verbs: ["get", "create", "update", "delete"]
 - apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/* get of Secrets: the run's spec.storage.secretName, to read progress.json. Granted in each watched
+namespace; cluster-wide only with rbac.clusterWideSecrets (otherwise runs are followed by their Jobs). */}}
+{{- define "flowdpo.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 {{- end }}
