@@ -145,7 +145,8 @@ def test_image_allowlist(allowed, ok):
     result = validate(body, allowed)
     assert result.ok == ok
     if not ok:
-        assert result.errors == (
-            f"spec.kubernetes.image: 'example.org/flowdpo:1' is not an allowed image (the operator allows: "
-            f"{', '.join(allowed)})",
+        expected = (
+            "spec.kubernetes.image: 'example.org/flowdpo:1' is not an allowed image (the operator allows: "
+            f"{', '.join(allowed)})"
         )
+        assert result.errors == (expected,)
