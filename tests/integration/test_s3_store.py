@@ -4,6 +4,7 @@ refuses connections or hangs for several seconds."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -223,3 +224,24 @@ def test_credential_errors_are_classified_by_their_message_not_the_debug_dump():
     assert _classify(GenericError("Generic S3 error: Error getting credentials from instance metadata" + dump)) == "auth"
     assert _classify(GenericError("Generic S3 error: bad configuration value" + dump)) == "other"
     assert _classify(GenericError("Generic S3 error: error sending request for url" + dump)) == "transient"
+
+
+@pytest.mark.parametrize(
+    ("key", "blob", "where"),
+    [
+        (RunLayout.progress, b"{truncated", RunLayout.progress),
+        (RunLayout.results(3), b'{"exampleId": "a"}\n\xff\xfe\n', RunLayout.results(3)),
+        (RunLayout.results(4), b'{"exampleId": "a"}\n[1, 2]\n', f"{RunLayout.results(4)} line 2"),
+    ],
+)
+def test_corrupt_objects_on_s3_are_named(s3_env, key, blob, where):
+    """A damaged object on the S3 API reads as CorruptObjectError naming its key (and line), never a raw
+    JSONDecodeError; the object itself is left as it is."""
+    from flowdpo.storage import CorruptObjectError
+
+    store = open_store(s3_env.uri())
+    store.put(key, blob)
+    read = store.get_json if key.endswith(".json") else store.get_jsonl
+    with pytest.raises(CorruptObjectError, match=re.escape(where)):
+        read(key)
+    assert store.get(key) == blob
