@@ -1,7 +1,7 @@
 """One writer per run: the trainer program and `flowdpo run` hold the run's writer lease while they train.
 
 Two writers on one run would each roll out every shard, publish adapter versions over each other and delete
-each other's optimizer state. The lease is a claim (`flowdpo.run.claims`, keys claims/writer/): an atomic
+each other's optimizer state. The lease is a claim (`flowdpo.run.claims`, keys writer/): an atomic
 create of the next attempt, renewed from a heartbeat thread, taken over once it expires. A holder on the same
 host whose process is gone (a SIGKILLed `flowdpo run` being restarted) is taken over at once; elsewhere a
 crashed holder's lease runs out after `lease_seconds`.

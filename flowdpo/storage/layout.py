@@ -6,8 +6,8 @@ examples/shard-000123.jsonl        prepared examples (id, question, gold answer,
 examples/MANIFEST.json             number of shards and examples, written last by `prepare`
 claims/shard-000123/attempt-0001.json  a worker's claim of a shard (atomic create; the highest attempt owns it)
 claims/shard-000123/lease-0001.json    lease of attempt 1: expiry, renewed (overwritten) by its owner only
-claims/writer/attempt-0001.json    the trainer's (or `flowdpo run`'s) claim of the whole run: one writer at a time
-claims/writer/lease-0001.json      its lease (same protocol as a shard's)
+writer/attempt-0001.json           the trainer's (or `flowdpo run`'s) claim of the whole run: one writer at a time
+writer/lease-0001.json             its lease (same protocol as a shard's)
 results/shard-000123.jsonl         per-example outcomes (atomic create: the first finished attempt wins)
 pairs/shard-000123/<attempt>.jsonl mined DPO pairs with lineage; written before results, which name the attempt
 trainer/state/LATEST.json          pointer to the newest trainer checkpoint
@@ -48,7 +48,7 @@ from flowdpo.names import ADAPTERS, COMPILE_SOURCES
 
 _SHARD_RE = re.compile(r"shard-(\d{6})\.")
 _CLAIM_RE = re.compile(r"^claims/shard-(\d{6})/(attempt|lease)-(\d{4,})\.json$")
-_WRITER_CLAIM_RE = re.compile(r"^claims/writer/(attempt|lease)-(\d{4,})\.json$")
+_WRITER_CLAIM_RE = re.compile(r"^writer/(attempt|lease)-(\d{4,})\.json$")
 _STATE_RE = re.compile(r"^trainer/state/(\d{6})(-final)?\.json$")
 _SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # a user-chosen part of a key: one path segment
 
@@ -92,7 +92,7 @@ class RunLayout:
         m = _CLAIM_RE.match(key)
         return (int(m.group(1)), m.group(2), int(m.group(3))) if m else None
 
-    writer_claims = "claims/writer/"
+    writer_claims = "writer/"
 
     @classmethod
     def writer_attempt(cls, attempt: int) -> str:
@@ -105,7 +105,7 @@ class RunLayout:
 
     @staticmethod
     def parse_writer_claim(key: str) -> tuple[int, str, int] | None:
-        """(0, "attempt"|"lease", attempt number) of a claims/writer/ key; None for other keys."""
+        """(0, "attempt"|"lease", attempt number) of a writer/ key; None for other keys."""
         m = _WRITER_CLAIM_RE.match(key)
         return (0, m.group(1), int(m.group(2))) if m else None
 
