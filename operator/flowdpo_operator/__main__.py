@@ -4,7 +4,8 @@
                      [--resync-seconds 10] [--ambient-storage-credentials] [--verbose]
 
 Logs in with $KUBECONFIG when it is set (a developer machine, tests), else with the pod's ServiceAccount.
-Standalone: one replica, no peering objects (the chart runs a single replica with strategy Recreate).
+With --peering NAME it joins kopf's peering object NAME with a random priority (the chart does so), so a second
+operator process serving the same runs freezes; without, it runs standalone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 
 
@@ -57,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="images run pods may use (repeatable; a prefix ending in '/' or ':' allows a registry path or a "
         "repository's tags); default: any. Creating a FlowDPORun creates pods with the images it names",
     )  # fmt: skip
+    p.add_argument(
+        "--peering", metavar="NAME", default=os.environ.get("FLOWDPO_PEERING") or None,
+        help="kopf peering object to join (ClusterKopfPeering with --all-namespaces, KopfPeering per namespace): "
+        "of the operators sharing it only the highest priority acts; default: standalone",
+    )  # fmt: skip
+    p.add_argument(
+        "--priority", type=int, default=None,
+        help="peering priority (default: random, so that two operators never tie; kopf freezes all on a tie)",
+    )  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 
@@ -92,9 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         allowed_images=tuple(args.allowed_image),
     )
     register(registry, controller, options)
+    priority = args.priority if args.priority is not None else random.SystemRandom().randint(1, 2**31 - 1)
     kopf.run(
         registry=registry,
-        standalone=True,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=priority,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,

@@ -35,6 +35,9 @@ DISCOVERY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
+# kopf peering (peering.enabled, the default): the peering object of the operator's scope.
+CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 SAMPLE_RUN = CHART.parent.parent / "examples" / "k8s" / "quickstart.yaml"
 
 
@@ -186,7 +189,10 @@ class TestOperatorDeployment:
     def test_command_and_default_flags_serve_all_namespaces(self, chart):
         c = render(chart).operator
         assert c["command"] == ["flowdpo-operator"]
-        assert c["args"] == ["--all-namespaces", "--liveness-port", "8080", "--metrics-port", "9300"]
+        assert c["args"] == [
+            "--all-namespaces", "--liveness-port", "8080", "--metrics-port", "9300", "--peering",
+            f"{NAMESPACE}-{RELEASE}-peering",
+        ]  # fmt: skip
         assert c["image"] == f"ghcr.io/flowdpo/flowdpo-operator:{chart.metadata['appVersion']}"
 
     def test_watch_namespaces_become_namespace_flags(self, chart):
@@ -240,14 +246,15 @@ class TestRBAC:
         """A cluster-wide Secret read is every Secret of the cluster: the default install does without."""
         no_secrets = {k: v for k, v in RUN_RULES.items() if k != ("", "secrets")}
         m = render(chart)
-        assert m.grants() == {None: {**DISCOVERY_RULES, **no_secrets}}
+        assert m.grants() == {None: {**DISCOVERY_RULES, **CLUSTER_PEERING, **no_secrets}}
         assert not m.of_kind("Role") and not m.of_kind("RoleBinding")
         opted = render(chart, {"rbac": {"clusterWideSecrets": True}})
-        assert opted.grants() == {None: {**DISCOVERY_RULES, **RUN_RULES}}
+        assert opted.grants() == {None: {**DISCOVERY_RULES, **CLUSTER_PEERING, **RUN_RULES}}
 
     def test_watch_namespaces_grants_run_rules_only_there(self, chart):
         m = render(chart, {"watchNamespaces": ["team-a", "team-b"]})
-        assert m.grants() == {None: DISCOVERY_RULES, "team-a": RUN_RULES, "team-b": RUN_RULES}
+        scoped = {**RUN_RULES, **NAMESPACED_PEERING}
+        assert m.grants() == {None: DISCOVERY_RULES, "team-a": scoped, "team-b": scoped}
         assert sorted(r["metadata"]["namespace"] for r in m.of_kind("Role")) == ["team-a", "team-b"]
 
     def test_no_wildcards_anywhere(self, chart):
@@ -309,7 +316,8 @@ class TestMonitors:
     def test_monitors_off_operator_metrics_on_by_default(self, chart):
         m = render(chart)
         assert not m.of_kind("PodMonitor") and not m.of_kind("ServiceMonitor")
-        assert m.operator["args"][-2:] == ["--metrics-port", "9300"]
+        args = m.operator["args"]
+        assert args[args.index("--metrics-port") + 1] == "9300"
         assert m.one("Service")["spec"]["ports"][0]["targetPort"] == "metrics"
 
     def test_operator_metrics_can_be_turned_off(self, chart):
@@ -342,7 +350,8 @@ class TestMonitors:
 
     def test_service_monitor_scrapes_the_operators_metrics(self, chart):
         m = render(chart, VARIANTS["monitoring"])
-        assert m.operator["args"][-2:] == ["--metrics-port", "9300"]
+        args = m.operator["args"]
+        assert args[args.index("--metrics-port") + 1] == "9300"
         assert {"name": "metrics", "containerPort": 9300, "protocol": "TCP"} in m.operator["ports"]
         svc, sm = m.one("Service"), m.one("ServiceMonitor")
         pod_labels = m.one("Deployment")["spec"]["template"]["metadata"]["labels"]
@@ -357,7 +366,7 @@ class TestMonitors:
 
 @pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
 def test_every_object_is_labelled_and_placed(chart, values):
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}
     for obj in render(chart, values).objects:
         meta = obj["metadata"]
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm", (obj["kind"], meta["name"])
@@ -418,3 +427,25 @@ def test_allowlist_and_ambient_credentials_become_operator_flags(chart):
 
     parsed = build_parser().parse_args(args)
     assert parsed.allowed_image == ["registry.example.com/ml/"] and parsed.ambient_storage_credentials
+
+
+class TestPeering:
+    def test_peering_object_crds_and_rbac_follow_the_scope(self, chart):
+        """kopf peering keeps a second operator process frozen: the chart ships kopf's peering CRDs, creates
+        the peering object the operator joins (--peering) and grants exactly what kopf does with it."""
+        crds = {yaml.safe_load(c["data"])["metadata"]["name"] for c in chart.crds}
+        assert {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"} <= crds
+        m = render(chart)
+        peering = m.one("ClusterKopfPeering")
+        args = m.operator["args"]
+        assert args[args.index("--peering") + 1] == peering["metadata"]["name"]
+        assert m.grants()[None][("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
+        scoped = render(chart, {"watchNamespaces": ["team-a"]})
+        assert [p["metadata"]["namespace"] for p in scoped.of_kind("KopfPeering")] == ["team-a"]
+        assert scoped.grants()["team-a"][("kopf.dev", "kopfpeerings")] == {"get", "list", "watch", "patch"}
+        assert ("kopf.dev", "clusterkopfpeerings") not in scoped.grants()[None]
+
+    def test_can_be_turned_off(self, chart):
+        m = render(chart, {"peering": {"enabled": False}})
+        assert not m.of_kind("ClusterKopfPeering") and "--peering" not in m.operator["args"]
+        assert ("kopf.dev", "clusterkopfpeerings") not in m.grants()[None]

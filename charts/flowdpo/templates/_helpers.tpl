@@ -57,6 +57,12 @@ app.kubernetes.io/part-of: flowdpo
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The kopf peering object the operator joins: cluster-scoped (named like the other cluster-scoped objects,
+with the release namespace) when it serves all namespaces, else one per watched namespace. */}}
+{{- define "flowdpo.peeringName" -}}
+{{- if .Values.watchNamespaces }}{{ include "flowdpo.fullname" . }}{{ else }}{{ include "flowdpo.clusterName" (dict "root" . "suffix" "peering") }}{{ end }}
+{{- end }}
+
 {{- define "flowdpo.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "flowdpo.operatorName" .) .Values.serviceAccount.name }}
