@@ -1,4 +1,4 @@
-"""`flowdpo-operator` (or `python -m flowdpo_operator`): run the FlowDPORun operator (kopf, standalone).
+"""`flowdpo-operator` (or `python -m flowdpo_operator`): run the FlowDPORun operator (kopf).
 
     flowdpo-operator [--all-namespaces | --namespace NS ...] [--liveness-port 8080] [--metrics-port 9400]
                      [--resync-seconds 10] [--ambient-storage-credentials] [--verbose]
