@@ -113,10 +113,14 @@ class Claims:
         lease_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         keys: ClaimKeys = SHARD_CLAIMS,
+        reclaim_dead_local: bool = False,
     ):
+        """`reclaim_dead_local`: take over at once from a holder on this host whose process is gone (the run's
+        writer lease: a restarted `flowdpo run`), instead of waiting for its lease to run out."""
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be > 0")
         self.keys = keys
+        self.reclaim_dead_local = reclaim_dead_local
         self.store = store
         self.worker = worker or new_worker_id()
         self.lease_seconds = lease_seconds
@@ -171,7 +175,7 @@ class Claims:
             return None
         info = self.inspect(shard, attempt_seen)
         now = self.clock()
-        if not info.free(now) and not self._holder_is_dead(info):
+        if not info.free(now) and not (self.reclaim_dead_local and self._holder_is_dead(info)):
             return None
         n = info.attempt + 1
         token = uuid.uuid4().hex

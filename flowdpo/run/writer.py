@@ -33,7 +33,9 @@ class RunBusyError(RuntimeError):
 class WriterLease:
     def __init__(self, store: ObjectStore, role: str, lease_seconds: float = DEFAULT_LEASE_SECONDS):
         self.store = store
-        self.claims = Claims(store, f"{role}-{new_worker_id()}", lease_seconds, keys=WRITER_CLAIMS)
+        self.claims = Claims(
+            store, f"{role}-{new_worker_id()}", lease_seconds, keys=WRITER_CLAIMS, reclaim_dead_local=True
+        )
         self.claim: Claim | None = None
         self._heartbeat: Heartbeat | None = None
 

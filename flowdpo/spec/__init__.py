@@ -61,7 +61,7 @@ class RunSpec(SpecModel):
     compile: CompileSpec = Field(
         default_factory=CompileSpec, description="Compile and evaluate after training (`flowdpo compile`, `flowdpo eval`)."
     )
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for sampling and training.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for sampling and training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device of in-process models.")
     suspend: bool = Field(
         False, description="Cluster: scale rollout workers to zero and suspend the Jobs; false resumes the run."

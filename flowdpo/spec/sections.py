@@ -158,7 +158,7 @@ class DataSpec(SpecModel):
     )
     num_examples: int = Field(2000, le=10_000_000, ge=1, description="Training examples (the paper's curves: 2,000).")
     shard_size: int = Field(8, le=100_000, ge=1, description="Examples per shard (the unit of work and of resume).")
-    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed for task generation and shuffling.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for task generation and shuffling.")
 
     @model_validator(mode="after")
     def _source_needs_path(self) -> DataSpec:
