@@ -112,23 +112,26 @@ def test_calls_ride_out_a_hung_endpoint(tmp_path, monkeypatch):
 
 
 class _Listener:
-    """An HTTP endpoint a run file could name: records the headers of every request, answers 404."""
+    """An HTTP endpoint a run file could name: records the headers of every request and answers each with
+    `status` and an S3 error document (404 NoSuchKey by default)."""
 
-    def __init__(self):
+    def __init__(self, status: int = 404, code: str = "NoSuchKey"):
         import http.server
         import threading
 
         seen = self.headers = []
+        body = f"<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>no</Message></Error>".encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
+            def _answer(self):
                 seen.append(dict(self.headers))
-                self.send_response(404)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/xml")
-                body = b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>"
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = _answer
 
             def log_message(self, *args):
                 pass
@@ -166,37 +169,9 @@ def test_a_store_built_from_a_secret_never_lends_the_process_identity(monkeypatc
         assert (auth is not None and "Credential=RUNKEY/" in auth) if secret_keys else auth is None
 
 
-class _Refusing(_Listener):
-    """An endpoint that answers every request 403 AccessDenied, counting them."""
-
-    def __init__(self):
-        import http.server
-        import threading
-
-        seen = self.headers = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _deny(self):
-                seen.append(dict(self.headers))
-                body = b'<?xml version="1.0"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
-                self.send_response(403)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_PUT = do_HEAD = _deny
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_access_denied_fails_fast_with_a_message():
     """A 403 is not an outage: no retries for the store's whole budget, a StoreError saying what to check."""
-    listener = _Refusing()
+    listener = _Listener(403, "AccessDenied")
     try:
         env = {"AWS_ENDPOINT_URL": listener.url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
         store = ObjectStore("s3://bucket/run", retry_seconds=300, create=False, env=env)
