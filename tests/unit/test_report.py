@@ -119,6 +119,17 @@ def test_wilson_interval_known_values():
         wilson_interval(3, 2)
 
 
+
+@pytest.mark.parametrize("n", [1, 7, 10, 14, 100, 1000])
+def test_wilson_interval_contains_p_exactly_at_the_ends(n):
+    """k = n must give an upper bound of exactly 1 (0.9999999999999999 made an error bar negative and the
+    signal check's figure crash), and every interval contains its p."""
+    assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+    for k in range(n + 1):
+        lo, hi = wilson_interval(k, n)
+        assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
 def test_write_report_files_in_store_and_local(run, tmp_path):
     store = run[0]
     out = tmp_path / "out"
