@@ -560,8 +560,8 @@ def render_figure(report: dict) -> bytes:
         for f in report["fits"][a]:
             xs = [e["epoch"] for e in f["epochs"]]
             ys = [e["heldout"]["accuracy"] for e in f["epochs"]]
-            lo = [y - e["heldout"]["ci95"][0] for y, e in zip(ys, f["epochs"])]
-            hi = [e["heldout"]["ci95"][1] - y for y, e in zip(ys, f["epochs"])]
+            lo = [max(0.0, y - e["heldout"]["ci95"][0]) for y, e in zip(ys, f["epochs"])]
+            hi = [max(0.0, e["heldout"]["ci95"][1] - y) for y, e in zip(ys, f["epochs"])]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=f"lr {f['lr']:.3g}")
         ax.axhline(0.5, color="grey", ls="--", lw=1, label="no signal")
         ax.set_ylim(0, 1)

@@ -52,7 +52,8 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     denom = 1 + z2 / n
     center = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return (max(0.0, center - half), min(1.0, center + half))
+    # The bounds contain p exactly (k = n gives 1.0, not 0.9999999999999999: plots take hi - p as an error bar).
+    return (0.0 if k == 0 else min(p, max(0.0, center - half)), 1.0 if k == n else max(p, min(1.0, center + half)))
 
 
 def paired_difference(a: list[bool], b: list[bool], z: float = 1.96) -> dict[str, Any]:
