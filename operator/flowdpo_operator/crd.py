@@ -16,56 +16,11 @@ from typing import Any
 
 import yaml
 
-from flowdpo.names import PHASES
 from flowdpo.spec import API_GROUP, KIND, RunSpec
+from flowdpo_operator.status_model import RunStatus, printer_columns
 
 PLURAL = "flowdporuns"
 VERSION = "v1alpha1"
-
-STATUS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "Observed state, written by the operator (progress mirrored from progress.json).",
-    "properties": {
-        "phase": {
-            "type": "string",
-            "enum": list(PHASES),
-        },
-        "observedGeneration": {"type": "integer", "format": "int64"},
-        "conditions": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["type", "status"],
-                "properties": {
-                    "type": {"type": "string"},
-                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                    "reason": {"type": "string"},
-                    "message": {"type": "string"},
-                    "lastTransitionTime": {"type": "string", "format": "date-time"},
-                    "observedGeneration": {"type": "integer", "format": "int64"},
-                },
-            },
-        },
-        "progressiveAccuracy": {"type": "number", "nullable": True},
-        "examples": {"type": "integer"},
-        "examplesTotal": {"type": "integer"},
-        "pairs": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        "pairsTotal": {"type": "integer"},
-        "adapterVersion": {"type": "string"},
-        "adapterVersions": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "progress": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-    },
-}
-
-PRINTER_COLUMNS = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Accuracy", "type": "number", "jsonPath": ".status.progressiveAccuracy", "description": "progressive validation accuracy"},
-    {"name": "Examples", "type": "integer", "jsonPath": ".status.examples"},
-    {"name": "Pairs", "type": "integer", "jsonPath": ".status.pairsTotal"},
-    {"name": "Adapter", "type": "string", "jsonPath": ".status.adapterVersion", "description": "answer/stop versions"},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
-
 
 def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     if isinstance(node, list):
@@ -114,6 +69,21 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _strip(node: Any) -> Any:
+    """Drop what the status schema must not carry: the printer-column notes (they become
+    additionalPrinterColumns) and `nullable` (the operator never writes a null: `status.without_nulls`)."""
+    if isinstance(node, list):
+        return [_strip(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    return {k: _strip(v) for k, v in node.items() if k not in ("x-printer-column", "nullable")}
+
+
+def status_schema() -> dict[str, Any]:
+    raw = RunStatus.model_json_schema(by_alias=True)
+    return _strip(_resolve(raw, raw.get("$defs", {})))
+
+
 def spec_schema() -> dict[str, Any]:
     raw = RunSpec.model_json_schema(by_alias=True)
     defs = raw.get("$defs", {})
@@ -144,7 +114,7 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": printer_columns(),
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
@@ -153,7 +123,7 @@ def build_crd() -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema(),
-                                "status": STATUS_SCHEMA,
+                                "status": status_schema(),
                             },
                         }
                     },

@@ -12,6 +12,7 @@ import yaml
 from flowdpo_operator import builders, k8s
 from flowdpo_operator.reconcile import RunState, is_settled, reconcile
 from flowdpo_operator.status import condition
+from flowdpo_operator.status_model import RunStatus
 from flowdpo_operator.validation import validate
 from flowdpo_operator.world import Create, Observed, ObservedStorage, Replace
 from tests.support.operator_support import NAMESPACE, OWNER, merge, run_body
@@ -85,7 +86,11 @@ class World:
 
     def decide(self, now=T0):
         run = RunState(OWNER, self.body["metadata"]["generation"], self.status, validate(self.body))
-        return reconcile(run, self.observe(), now=now)
+        decision = reconcile(run, self.observe(), now=now)
+        # Every status the reconciler writes is one the CRD's status schema describes (both come from
+        # RunStatus): an unknown or mistyped field fails here, in every scenario of this module.
+        RunStatus.model_validate(decision.status)
+        return decision
 
     def tick(self, now=T0):
         decision = self.decide(now)
@@ -416,3 +421,12 @@ class TestRestart:
         assert w.cond("Valid")["lastTransitionTime"] == T0  # still True since T0
         assert w.cond("Prepared")["lastTransitionTime"] == T1  # became True at T1
         assert w.cond("Trained")["lastTransitionTime"] == T0  # False since T0 (NotStarted -> InProgress)
+
+
+def test_the_status_model_refuses_what_the_crd_would_not_describe():
+    with pytest.raises(ValueError):
+        RunStatus.model_validate({"phase": "Running"})  # not a phase
+    with pytest.raises(ValueError):
+        RunStatus.model_validate({"phase": "Training", "accuracy": 0.5})  # not a field of the status
+    with pytest.raises(ValueError):
+        RunStatus.model_validate({"conditions": [{"type": "Valid", "status": "Yes"}]})
