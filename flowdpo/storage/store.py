@@ -127,10 +127,6 @@ def _classify(err: BaseException) -> str:
     return "other"
 
 
-def _is_transient(err: BaseException) -> bool:
-    return _classify(err) == "transient"
-
-
 _CLOUD_ENV_PREFIX = {"gs": "GOOGLE_", "az": "AZURE_", "abfs": "AZURE_"}
 # Variables of GOOGLE_* / AZURE_* that carry a credential (service account key, account key, SAS, client
 # secret or token): without one, a store built from a Secret sends unsigned requests.

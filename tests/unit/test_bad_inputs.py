@@ -34,14 +34,21 @@ def refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in proc.stderr, (needle, proc.stderr[-2000:])
 
 
+def patched(spec: dict, patch: dict | None) -> dict:
+    """A copy of `spec` with each section of `patch` merged in (a non-mapping value replaces the field)."""
+    spec = copy.deepcopy(spec)
+    for section, values in (patch or {}).items():
+        if isinstance(values, dict):
+            spec.setdefault(section, {}).update(values)
+        else:
+            spec[section] = values
+    return spec
+
+
 def run_file(tmp_path, patch: dict | None = None, raw: bytes | None = None):
     doc = copy.deepcopy(QUICKSTART)
     doc["spec"]["storage"]["uri"] = f"file://{tmp_path}/runs/{{name}}"
-    for section, values in (patch or {}).items():
-        if isinstance(values, dict):
-            doc["spec"].setdefault(section, {}).update(values)
-        else:
-            doc["spec"][section] = values
+    doc["spec"] = patched(doc["spec"], patch)
     path = tmp_path / "run.yaml"
     path.write_bytes(raw if raw is not None else yaml.safe_dump(doc).encode())
     return path
@@ -71,14 +78,9 @@ BAD_SPECS = {
 def test_bad_spec_is_refused_by_validate_and_by_the_operator(case, tmp_path):
     patch, field = BAD_SPECS[case]
     refused(cli("validate", str(run_file(tmp_path, patch))), field.removeprefix("spec.").split(".")[-1])
+    cluster_spec = {**QUICKSTART["spec"], "storage": {"uri": "s3://bucket/runs/{name}", "secretName": "s3"}}
     body = {"apiVersion": QUICKSTART["apiVersion"], "kind": QUICKSTART["kind"], "metadata": {"name": "demo"},
-            "spec": copy.deepcopy(QUICKSTART["spec"])}
-    body["spec"]["storage"] = {"uri": "s3://bucket/runs/{name}", "secretName": "s3"}
-    for section, values in patch.items():
-        if isinstance(values, dict):
-            body["spec"].setdefault(section, {}).update(values)
-        else:
-            body["spec"][section] = values
+            "spec": patched(cluster_spec, patch)}
     result = validate(body)
     assert not result.ok and any(e.startswith(field) for e in result.errors), result.errors
     assert not (tmp_path / "runs").exists()  # validate writes nothing
