@@ -23,6 +23,7 @@ from e2e.support.kubelet import FakeKubelet, KubeletConfig
 from e2e.support.operator import OperatorProcess
 from e2e.support.s3 import MotoS3
 from e2e.support.waiting import wait_for
+from tests.support.podman import built_images
 
 TIMINGS = pytest.StashKey[dict]()
 KUBELET = pytest.StashKey[FakeKubelet]()
@@ -37,6 +38,15 @@ IMAGE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "FLOWDPO_TORCH_THREADS": "1",
 }
+
+
+def container_images() -> frozenset[str]:
+    """The project's images whose pods run from the image (podman) rather than as host processes:
+    FLOWDPO_E2E_IMAGES (comma-separated, default `operator`) among those scripts/images.sh built. Run pods
+    (trainer and rollout images) stay host processes by default: every pod would convert the embedded model
+    again in its own container, and the run tests' CPU budget does not allow it on two cores."""
+    wanted = {w.strip() for w in os.environ.get("FLOWDPO_E2E_IMAGES", "operator").split(",") if w.strip()}
+    return frozenset(ref for name, ref in built_images().items() if name in wanted)
 
 
 def pytest_configure(config):
@@ -69,7 +79,7 @@ def kube_api(control_plane) -> kubernetes.client.ApiClient:
 def kubelet(control_plane, kube_api, tmp_path_factory, pytestconfig) -> FakeKubelet:
     k = FakeKubelet(kube_api, KubeletConfig(
         root=tmp_path_factory.mktemp("kubelet"), server=control_plane.server, ca_file=control_plane.ca_file,
-        image_env=IMAGE_ENV,
+        image_env=IMAGE_ENV, container_images=container_images(),
     ))
     k.start()
     pytestconfig.stash[KUBELET] = k

@@ -16,6 +16,7 @@ from e2e.support.cluster import REPO, free_port
 from e2e.support.runs import child_names, children, kubectl_apply
 from e2e.support.s3 import create_storage_secret
 from e2e.support.waiting import Probe, absent, equals, ready_replicas, run_phase
+from tests.support.podman import podman
 
 pytestmark = pytest.mark.e2e
 
@@ -46,6 +47,16 @@ def operator_deployment(api, namespace: str) -> dict:
     return api.sanitize_for_serialization(found[0])
 
 
+def require_operator_image(kubelet) -> str:
+    """The chart's default operator image, which must have been built (scripts/images.sh build operator) and
+    be run by the kubelet from the image: this test is about chart + image + RBAC together."""
+    image = f"ghcr.io/flowdpo/flowdpo-operator:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
+    if image not in kubelet.config.container_images:
+        pytest.fail(f"{image} is not built (or FLOWDPO_E2E_IMAGES excludes it): run `bash scripts/images.sh build "
+                    "operator`", pytrace=False)
+    return image
+
+
 def can_i(control_plane, kubeconfig: Path, verb: str, resource: str, namespace: str | None = None) -> bool:
     """`kubectl auth can-i` as the identity of `kubeconfig` (a SelfSubjectAccessReview)."""
     args = ["auth", "can-i", verb, resource, *(["-n", namespace] if namespace else [])]
@@ -64,12 +75,23 @@ def sample_run(uri: str, secret: str) -> dict:
 def test_chart_operator_creates_the_children_of_a_sample_run_under_chart_rbac(
     control_plane, kube_api, kubelet, moto_s3, namespace, install, wait, tmp_path
 ):
+    image = require_operator_image(kubelet)
     install({})  # defaults: all namespaces, cluster-wide rules
     operator = operator_deployment(kube_api, namespace)
     pod_spec = operator["spec"]["template"]["spec"]
     assert pod_spec["containers"][0]["command"] == ["flowdpo-operator"]
+    assert pod_spec["containers"][0]["image"] == image, "the chart's default image is what the build produces"
     assert pod_spec.get("automountServiceAccountToken") is not False, "the operator needs its token"
-    wait(ready_replicas(kube_api, namespace, operator["metadata"]["name"]), equals(1), timeout=60)
+    wait(ready_replicas(kube_api, namespace, operator["metadata"]["name"]), equals(1), timeout=90)
+    # The operator runs from its built image, as the chart's non-root user with a read-only root filesystem,
+    # and reaches the API server through the in-cluster configuration (token + ca.crt + KUBERNETES_SERVICE_*).
+    (worker,) = [w for w in kubelet.workers(namespace) if w.pod_name.startswith(operator["metadata"]["name"])]
+    (container,) = worker.containers
+    assert container.launch.argv[:2] == ["podman", "run"] and image in container.launch.argv
+    name = container.launch.argv[container.launch.argv.index("--name") + 1]
+    assert podman("exec", name, "id", "-u").stdout.strip() == "10001"
+    touch = podman("exec", name, "touch", "/home/flowdpo/x", check=False)
+    assert touch.returncode != 0 and "Read-only file system" in touch.stderr
 
     secret = create_storage_secret(kube_api, namespace, moto_s3)
     doc = sample_run(moto_s3.uri(namespace), secret)

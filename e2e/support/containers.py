@@ -104,6 +104,8 @@ class LaunchSpec:
     cwd: Path
     log_path: Path
     ports: dict[int, int] = field(default_factory=dict)
+    # Run after the process is killed: a container runtime's client can die and leave its container running.
+    stop_argv: list[str] | None = None
 
 
 def _decode(data: dict[str, str] | None) -> dict[str, bytes]:
@@ -253,7 +255,7 @@ class Sandbox:
             self.volumes[volume["name"]] = folder
 
     # -- containers ----------------------------------------------------------------------------------------
-    def _mounts(self, container: dict) -> dict[str, Path]:
+    def mounts(self, container: dict) -> dict[str, Path]:
         mounts = {}
         for m in container.get("volumeMounts") or []:
             if m["name"] not in self.volumes:
@@ -295,6 +297,12 @@ class Sandbox:
         }
         if SERVICE_ACCOUNT_MOUNT in mounts:
             provided["KUBECONFIG"] = str(self._service_account_kubeconfig(mounts[SERVICE_ACCOUNT_MOUNT]))
+        mapper = PathMapper.of(mounts)
+        return {**provided, **{k: mapper(v) for k, v in self.declared_env(container, provided).items()}}
+
+    def declared_env(self, container: dict, provided: dict[str, str]) -> dict[str, str]:
+        """The container's envFrom and env, resolved through the API as a kubelet resolves them; `provided`
+        is what the runtime and image set (the targets of $(VAR) references besides the declared ones)."""
         declared: dict[str, str] = {}
         for src in container.get("envFrom") or []:
             prefix = src.get("prefix", "")
@@ -326,8 +334,7 @@ class Sandbox:
                 declared[var["name"]] = self._field(src["fieldRef"]["fieldPath"])
             else:
                 raise UnsupportedPodError(f"env {var['name']}: valueFrom {sorted(src)} is not supported")
-        mapper = PathMapper.of(mounts)
-        return {**provided, **{k: mapper(v) for k, v in declared.items()}}
+        return declared
 
     def launch_spec(self, container: dict) -> LaunchSpec:
         """Resolve one container into argv / env / cwd. Raises ContainerConfigError (retry later) or
@@ -338,7 +345,7 @@ class Sandbox:
                 f"container {name} has no `command`: the fake kubelet cannot read an image's ENTRYPOINT, so "
                 "every container must set its command explicitly"
             )
-        mounts = self._mounts(container)
+        mounts = self.mounts(container)
         env = self._env(container, mounts)
         mapper = PathMapper.of(mounts)
         argv = [mapper(expand_refs(a, env)) for a in [*container["command"], *(container.get("args") or [])]]

@@ -9,7 +9,9 @@ with a short back-off for Always (and for failures under OnFailure). When a Pod 
 gets SIGTERM, then SIGKILL after the grace period (capped), and the deletion is finished with grace period 0,
 which is the kubelet's job.
 
-Deliberately not implemented: images (the host's Python environment is every image), probes (containers are
+Images: a container whose image is one of `container_images` (the project's images, built by
+scripts/images.sh) runs from that image with podman (podman.py); any other runs as a host process, the host's
+Python environment standing in for its image. Deliberately not implemented: probes (containers are
 Ready once started), init containers, resource enforcement, networking beyond 127.0.0.1. The kubelet uses the
 admin kubeconfig; a real one has node credentials.
 """
@@ -37,6 +39,7 @@ from e2e.support.containers import (
     UnsupportedPodError,
     describe,
 )
+from e2e.support.podman import PodmanLaunch
 
 log = logging.getLogger("e2e.kubelet")
 
@@ -56,6 +59,9 @@ class KubeletConfig:
     # The project's virtual environment comes first on PATH: `flowdpo`, `flowdpo-operator`, `python`.
     path_prefix: tuple[str, ...] = (str(Path(sys.executable).parent),)
     image_env: dict[str, str] = field(default_factory=dict)
+    # Images whose containers run from the image with podman (e2e/support/podman.py) instead of as host
+    # processes: the project's images that scripts/images.sh built.
+    container_images: frozenset[str] = frozenset()
     capacity: dict[str, str] = field(default_factory=lambda: {
         "cpu": "64", "memory": "256Gi", "pods": "110", "ephemeral-storage": "500Gi", "nvidia.com/gpu": "8",
     })
@@ -217,6 +223,9 @@ class PodWorker(threading.Thread):
         for p in alive:
             _signal_group(p, signal.SIGKILL)  # also strays of an exited leader
             p.wait()
+        for c in self.containers:
+            if c.launch is not None and c.launch.stop_argv:
+                subprocess.run(c.launch.stop_argv, check=False, env=c.launch.env, capture_output=True, timeout=60)
 
     # -- the pod's life ------------------------------------------------------------------------------------
     def _configure(self) -> bool:
@@ -225,7 +234,10 @@ class PodWorker(threading.Thread):
             try:
                 self.sandbox.materialise_volumes()
                 for c in self.containers:
-                    c.launch = self.sandbox.launch_spec(c.spec)
+                    if c.spec.get("image") in self.kubelet.config.container_images:
+                        c.launch = PodmanLaunch(self.sandbox, self.kubelet.config.server).launch_spec(c.spec)
+                    else:
+                        c.launch = self.sandbox.launch_spec(c.spec)
                 return True
             except ContainerConfigError as e:
                 for c in self.containers:

@@ -16,9 +16,11 @@ deleted run never waits for the operator (which may be down).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,11 +63,24 @@ def configure_settings(settings: kopf.OperatorSettings, options: OperatorOptions
     settings.execution.max_workers = options.max_workers
 
 
+def in_cluster_server(env: Mapping[str, str]) -> str | None:
+    """The API server's URL from KUBERNETES_SERVICE_HOST/PORT, which the kubelet gives every pod (client-go's
+    in-cluster configuration reads the same); None outside a pod."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """$KUBECONFIG when set (running outside the cluster, tests), else the pod's ServiceAccount."""
+    """$KUBECONFIG when set (running outside the cluster, tests), else the pod's ServiceAccount -- at the
+    address the kubelet put in the environment: kopf's own default, https://kubernetes.default.svc, needs
+    cluster DNS, which host-network pods and clusters without a DNS add-on do not have."""
     if os.environ.get("KUBECONFIG"):
         return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs)
+    info = kopf.login_with_service_account(**kwargs)
+    server = in_cluster_server(os.environ)
+    return dataclasses.replace(info, server=server) if info is not None and server else info
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller, options: OperatorOptions) -> None:

@@ -187,3 +187,17 @@ def test_an_unexpected_error_ends_as_a_condition_on_the_run_and_clears_after_rec
     ctl.sync(NAMESPACE, "demo")
     [cond] = [c for c in cluster.run["status"]["conditions"] if c["type"] == "OperatorError"]
     assert (cond["status"], cond["reason"]) == ("False", "Recovered")
+
+
+@pytest.mark.parametrize(("env", "server"), [
+    ({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}, "https://10.96.0.1:443"),
+    ({"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}, "https://[fd00::1]:6443"),
+    ({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}, None),
+    ({}, None),
+])
+def test_in_cluster_login_uses_the_address_the_kubelet_gives_every_pod(env, server):
+    # kopf's own default is https://kubernetes.default.svc, which needs cluster DNS (e2e/test_chart.py runs the
+    # operator image where there is none).
+    from flowdpo_operator.handlers import in_cluster_server
+
+    assert in_cluster_server(env) == server
