@@ -151,6 +151,10 @@ def convert_gguf(gguf: Path, dest: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
+        # save_pretrained leaves the weights 0600 (an atomic write through a temporary file); a model cache is
+        # read by other users too (a vLLM container, pods of another UID on a shared volume): all may read.
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
         try:
             tmp.rename(dest)
         except OSError:  # another process won the race: keep theirs

@@ -227,3 +227,14 @@ def test_a_second_flowdpo_run_on_the_same_folder_is_refused(tiny_run_file, tmp_p
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+def test_the_converted_model_is_readable_by_every_user_of_a_shared_cache(tmp_path):
+    """The embedded GGUF, converted for real: every file of the folder is world-readable (a vLLM container as
+    UID 10001 and pods of other UIDs read the same cache; save_pretrained alone leaves the weights 0600)."""
+    from flowdpo.models import builtin_gguf_path, convert_gguf
+
+    dest = convert_gguf(builtin_gguf_path(), tmp_path / "models" / "smollm2")
+    files = sorted(p for p in dest.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    assert [p.name for p in files if p.stat().st_mode & 0o444 != 0o444] == []
