@@ -35,7 +35,7 @@ def run_trainer(doc: RunDocument, metrics: Metrics | None = None, *, poll_second
     data-parallel launch, which return once rank 0 has finished)."""
     from flowdpo.train import parallel as dp
 
-    group = dp.init_from_env()
+    group = dp.init_from_env(doc.spec.device)
     try:
         if group is not None and not group.leader:
             return _follow(doc, group)

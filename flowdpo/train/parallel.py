@@ -89,16 +89,17 @@ class DataParallel:
         return box[0]
 
 
-def init_from_env() -> DataParallel | None:
+def init_from_env(device: str = "auto") -> DataParallel | None:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT); None for
-    a single process. NCCL on GPUs (each rank on cuda:LOCAL_RANK), gloo on CPUs."""
+    a single process. `device` is the run's `spec.device`: NCCL on GPUs (each rank on cuda:LOCAL_RANK), gloo
+    on CPUs (`device: cpu`, no GPU, or FLOWDPO_DIST_BACKEND=gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
     import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and os.environ.get("FLOWDPO_DIST_BACKEND", "") != "gloo":
+    if device != "cpu" and torch.cuda.is_available() and os.environ.get("FLOWDPO_DIST_BACKEND", "") != "gloo":
         if local >= torch.cuda.device_count():
             raise RuntimeError(
                 f"rank {rank}: LOCAL_RANK {local} but only {torch.cuda.device_count()} GPUs are visible; "
