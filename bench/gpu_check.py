@@ -100,6 +100,8 @@ def build_policy(shape: str, device: str):
     from flowdpo.train.adapters import attach_adapters
 
     config = LlamaConfig(max_position_embeddings=8192, **SHAPES[shape])
+    # bf16 on CUDA, as the runs load their models; float32 for the CPU smoke run (the tiny shape's ops are
+    # all overhead, and bf16 emulation on CPUs without bf16 instructions only slows CI down).
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -109,6 +111,7 @@ def build_policy(shape: str, device: str):
             model = LlamaForCausalLM(config)  # random weights, created on the device in its dtype
     finally:
         torch.set_default_dtype(previous)
+    model.to(dtype)  # a no-op unless the model kept some float32 parameters of its own
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     return attach_adapters(model, LoraSpec(), seed=0), params
