@@ -53,10 +53,14 @@ def cmd_trainer(args) -> int:
     from flowdpo.run.progress import format_progress
     from flowdpo.run.trainer import run_trainer
 
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun: only rank 0 reports (metrics port, progress)
+    if rank > 0:
+        args.metrics_port = None
     doc, metrics = _setup(args)
-    print(f"trainer for run {doc.name}: storage {doc.storage_uri()}", file=sys.stderr)
+    print(f"trainer for run {doc.name} (rank {rank}): storage {doc.storage_uri()}", file=sys.stderr)
     progress = run_trainer(doc, metrics, poll_seconds=args.poll_seconds)
-    print(format_progress(progress))
+    if progress is not None:
+        print(format_progress(progress))
     return 0
 
 

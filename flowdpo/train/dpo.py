@@ -174,41 +174,49 @@ def pair_logps(model, pairs: list[dict], pad_id: int) -> tuple[torch.Tensor, tor
     raise ValueError(f"unknown pair scoring {scoring!r}")
 
 
-def dpo_step(model, adapter: str, pairs: list[dict], optimizer, training, pad_id: int, seed: int) -> dict:
+def dpo_step(
+    model, adapter: str, pairs: list[dict], optimizer, training, pad_id: int, seed: int, *, parallel=None
+) -> dict:
     """One optimizer step of `adapter` on `pairs` (micro-batched, gradient-clipped); returns its statistics
     {loss, margin, accuracy, pairs}. `training` is a `flowdpo.spec.TrainingSpec`; `seed` fixes dropout, so a
     step repeated after a resume computes exactly the same update. The reference is the base model
-    (adapters disabled). Leaves the model in eval mode with every parameter frozen."""
+    (adapters disabled). Leaves the model in eval mode with every parameter frozen.
+
+    `parallel` (a `flowdpo.train.parallel.DataParallel`): every rank is called with the same `pairs` and
+    scores its share; each pair's loss is weighted 1/len(pairs) and the gradients are summed over the ranks
+    before clipping, so the update is the one-process update (up to floating-point summation order) and the
+    statistics are those of the whole batch. Dropout is seeded per rank (rank 0 uses `seed` itself)."""
     from flowdpo.train.adapters import activate_for_training, adapter_parameters
 
-    torch.manual_seed(seed)
+    mine = pairs if parallel is None else parallel.share(pairs)
+    torch.manual_seed(seed if parallel is None else seed + 1_000_033 * parallel.rank)
     activate_for_training(model, adapter)
+    params = adapter_parameters(model, adapter)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    outs = []
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, margin, accuracy (each times the micro-batch's pairs), pairs
     try:
-        for i in range(0, len(pairs), training.micro_batch_size):
-            mb = pairs[i : i + training.micro_batch_size]
+        for i in range(0, len(mine), training.micro_batch_size):
+            mb = mine[i : i + training.micro_batch_size]
             with torch.no_grad(), model.disable_adapter():
                 ref_chosen, ref_rejected = pair_logps(model, mb, pad_id)
             pol_chosen, pol_rejected = pair_logps(model, mb, pad_id)
             out = dpo_loss(pol_chosen, pol_rejected, ref_chosen, ref_rejected, training.beta)
             (out.loss * len(mb) / len(pairs)).backward()
-            outs.append((out, len(mb)))
-        torch.nn.utils.clip_grad_norm_(adapter_parameters(model, adapter), training.grad_clip)
+            for j, v in enumerate((out.loss.item(), out.margin, out.accuracy, 1.0)):
+                sums[j] += v * len(mb)
+        if parallel is not None:
+            parallel.all_reduce_grads(params)
+            sums = parallel.all_reduce_sum(sums)
+        torch.nn.utils.clip_grad_norm_(params, training.grad_clip)
         optimizer.step()
     finally:
         optimizer.zero_grad(set_to_none=True)
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-    total = sum(n for _, n in outs)
-    return {
-        "loss": sum(o.loss.item() * n for o, n in outs) / total,
-        "margin": sum(o.margin * n for o, n in outs) / total,
-        "accuracy": sum(o.accuracy * n for o, n in outs) / total,
-        "pairs": total,
-    }
+    total = sums[3]
+    return {"loss": sums[0] / total, "margin": sums[1] / total, "accuracy": sums[2] / total, "pairs": int(total)}
 
 
 @torch.no_grad()

@@ -83,8 +83,12 @@ class TrainerState:
 
 
 class OnlineTrainer:
-    def __init__(self, model, tokenizer, spec: RunSpec, store: ObjectStore):
+    """`leader` (a `flowdpo.train.parallel.Leader`, rank 0 of a data-parallel trainer): every optimizer step
+    is sent to the other ranks first and computed by all of them; everything else happens here only."""
+
+    def __init__(self, model, tokenizer, spec: RunSpec, store: ObjectStore, leader=None):
         self.model, self.tokenizer, self.spec, self.store = model, tokenizer, spec, store
+        self.leader = leader
         t = spec.training
         self.trainable = [a for a in ADAPTERS if getattr(t, f"train_{a}")]
         self.optimizers = {
@@ -190,8 +194,13 @@ class OnlineTrainer:
         step = self.state.steps[adapter]
         # Deterministic dropout per (seed, adapter, step): a resumed run repeats the same step exactly.
         seed = self.spec.seed * 1_000_003 + ADAPTERS.index(adapter) * 100_003 + step
+        parallel = None
+        if self.leader is not None:
+            self.leader.step(adapter, pairs, seed)
+            parallel = self.leader.parallel
         stats = dpo_step(
-            self.model, adapter, pairs, self.optimizers[adapter], self.spec.training, self.tokenizer.pad_token_id, seed
+            self.model, adapter, pairs, self.optimizers[adapter], self.spec.training, self.tokenizer.pad_token_id, seed,
+            parallel=parallel,
         )
         self.state.steps[adapter] = step + 1
         self.state.pairs_trained[adapter] += stats["pairs"]

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from flowdpo.spec import API_GROUP, API_VERSION, KIND, PodOptions, RunDocument
+from flowdpo.train.launch import torchrun_command
 
 # Where pods find things (the same paths in every container of a pod).
 CONFIG_DIR = "/etc/flowdpo"
@@ -306,6 +307,8 @@ def job(doc: RunDocument, owner: Owner, step: str) -> dict[str, Any]:
         args = [*args, "--metrics-port", str(k.metrics_port)]
     gpu = options.gpus > 0
     container = _flowdpo_container(doc, step, args, options, metrics=metrics, shm=gpu)
+    if step == "trainer" and options.gpus > 1:  # data-parallel trainer: one rank per GPU (flowdpo/train/parallel.py)
+        container["command"] = literal_args(torchrun_command(options.gpus, args))
     return _sealed(
         {
             "apiVersion": "batch/v1",
