@@ -1,7 +1,9 @@
-"""`flowdpo worker` and `flowdpo trainer`: the cluster programs (one rollout worker per pod; one trainer Job).
+"""`flowdpo worker`, `flowdpo trainer` and `flowdpo prefetch`: the cluster programs (one rollout worker per
+pod; one trainer Job; the Job that fills the model cache volume).
 
     flowdpo worker RUN.yaml [--metrics-port 9400] [--lease-seconds 60]
     flowdpo trainer RUN.yaml [--metrics-port 9401]
+    flowdpo prefetch RUN.yaml
 
 Both read the run's storage URI from the run file (or --storage) and the standard AWS_* / GOOGLE_* /
 AZURE_* environment variables for credentials; neither needs the Kubernetes API. Both exit 0 when the
@@ -60,6 +62,18 @@ def cmd_trainer(args) -> int:
     return 0
 
 
+def cmd_prefetch(args) -> int:
+    """Download (or convert) the run's model into the caches named by HF_HUB_CACHE / FLOWDPO_CACHE; on a
+    cluster those point into the model cache volume (spec.kubernetes.modelCache)."""
+    from flowdpo.models import prefetch_model
+    from flowdpo.spec import load_document
+
+    doc = load_document(args.file)
+    where = prefetch_model(doc.spec.model)
+    print(f"model {doc.spec.model.name} ready at {where}")
+    return 0
+
+
 def _common(p, poll_default: float) -> None:
     p.add_argument("file", help="FlowDPORun YAML")
     add_storage_option(p)
@@ -88,3 +102,7 @@ def add_subparsers(sub) -> None:
     t = sub.add_parser("trainer", help="trainer service: consume finished shards in order, train, publish adapters")
     _common(t, 1.0)
     t.set_defaults(func=cmd_trainer)
+
+    f = sub.add_parser("prefetch", help="download the run's model into the caches (HF_HUB_CACHE, FLOWDPO_CACHE)")
+    f.add_argument("file", help="FlowDPORun YAML")
+    f.set_defaults(func=cmd_prefetch)

@@ -17,7 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flowdpo.spec.cluster import (  # noqa: F401 - re-exported: `from flowdpo.spec import ...`
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
+    JobPolicySpec,
     KubernetesSpec,
+    ModelCacheSpec,
     PodOptions,
     VLLMServerSpec,
 )

@@ -93,7 +93,7 @@ class Controller:
         if is_settled(status, generation):
             self.metrics.set_phase(namespace, name, status["phase"])
             return None
-        validation = validate(body, self.allowed_images)
+        validation = validate(body, self.allowed_images, self.cluster.server_version())
         observed = self.cluster.observe(namespace, name, meta["uid"])
         if validation.doc is not None:
             observed = dataclasses.replace(observed, storage=self._storage(namespace, validation.doc))

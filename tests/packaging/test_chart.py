@@ -25,7 +25,7 @@ RUN_RULES = {
     ("flowdpo.dev", "flowdporuns"): {"get", "list", "watch", "patch"},
     ("flowdpo.dev", "flowdporuns/status"): {"patch"},
     ("", "configmaps"): {"get", "create", "update"},
-    ("batch", "jobs"): {"get", "create", "delete"},
+    ("batch", "jobs"): {"get", "create", "patch", "delete"},
     ("apps", "deployments"): {"get", "create", "update", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},

@@ -167,7 +167,7 @@ class TestJob:
         c = container(body, step)
         args = parse_flowdpo_command(c["command"])
         assert args.file == RUN_FILE
-        assert c["command"][1] == step
+        assert c["command"][1] == ("prefetch" if step == "weights" else step)
         if step == "trainer":
             assert args.metrics_port == 9400
             assert c["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
@@ -186,7 +186,7 @@ class TestJob:
 
     @pytest.mark.parametrize("gpus", [0, 1, 8])
     def test_gpus_resources_and_scheduling_come_from_the_steps_pod_options(self, step, gpus):
-        section = {"prepare": "prepare", "trainer": "trainer", "compile": "compile", "eval": "compile"}[step]
+        section = {"weights": "prepare", "prepare": "prepare", "trainer": "trainer", "compile": "compile", "eval": "compile"}[step]
         options = {"gpus": gpus, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}, **SCHEDULING}
         doc = run_doc({"kubernetes": {section: options, "imagePullSecrets": ["regcred"]}})
         body = builders.job(doc, OWNER, step)
