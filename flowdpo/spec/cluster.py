@@ -144,8 +144,9 @@ class ModelCacheSpec(SpecModel):
         "with every pod on one node) lets the prefetch Job fill it; a ReadOnlyMany volume filled beforehand "
         "works with prefetch: false.",
     )
-    sub_path: str = Field(
-        "", description="Folder inside the volume (several runs or models can share one claim); '' = the root."
+    # None, not "": Kubernetes 1.20 turns a `default: ''` in a CRD schema into null and refuses the CRD.
+    sub_path: str | None = Field(
+        None, description="Folder inside the volume (several runs or models can share one claim); none: the root."
     )
     prefetch: bool = Field(
         True, description="Run `flowdpo prefetch` as a Job before prepare: download the model into the volume."
@@ -158,9 +159,11 @@ class ModelCacheSpec(SpecModel):
 
     @field_validator("sub_path")
     @classmethod
-    def _relative(cls, v: str) -> str:
+    def _relative(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         parts = v.split("/")
-        if v.startswith("/") or ".." in parts:
+        if not v or v.startswith("/") or ".." in parts:
             raise ValueError(f"{v!r}: a relative path inside the volume, without '..'")
         return v
 

@@ -230,17 +230,20 @@ def _hash(obj: Mapping[str, Any]) -> str | None:
 
 
 def observe_job(obj: Mapping[str, Any]) -> ObservedJob:
+    failed = int((obj.get("status") or {}).get("failed") or 0)
     if obj.get("metadata", {}).get("deletionTimestamp"):
-        return ObservedJob(JobState.TERMINATING, _hash(obj))
+        return ObservedJob(JobState.TERMINATING, _hash(obj), failed_pods=failed)
     for c in (obj.get("status") or {}).get("conditions") or ():
         if c.get("status") != "True":
             continue
         if c.get("type") == "Complete":
-            return ObservedJob(JobState.COMPLETE, _hash(obj))
+            return ObservedJob(JobState.COMPLETE, _hash(obj), failed_pods=failed)
         if c.get("type") == "Failed":
-            return ObservedJob(JobState.FAILED, _hash(obj), c.get("reason", ""), c.get("message", ""))
+            return ObservedJob(
+                JobState.FAILED, _hash(obj), c.get("reason", ""), c.get("message", ""), failed_pods=failed
+            )
     suspended = bool((obj.get("spec") or {}).get("suspend"))
-    return ObservedJob(JobState.ACTIVE, _hash(obj), suspended=suspended)
+    return ObservedJob(JobState.ACTIVE, _hash(obj), suspended=suspended, failed_pods=failed)
 
 
 def observe_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:

@@ -64,6 +64,7 @@ class ObservedJob:
     reason: str = ""  # of the Failed condition
     message: str = ""
     suspended: bool = False  # spec.suspend (Kubernetes 1.22+)
+    failed_pods: int = 0  # status.failed: pods of this Job that failed (each retry is a new pod)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,7 @@ VARIANTS = {
         "podMonitor": {"enabled": True},
         "metrics": {"enabled": True},
         "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
     },
     "no-dashboards-no-rbac": {"dashboards": {"enabled": False}, "rbac": {"create": False}},
 }

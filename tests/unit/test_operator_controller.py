@@ -269,3 +269,21 @@ def test_server_version_parsing():
     assert ServerVersion(1, 26).has_pod_failure_policy and not ServerVersion(1, 25).has_pod_failure_policy
     with pytest.raises(ValueError, match="cannot read a Kubernetes version"):
         ServerVersion.parse({"major": "", "minor": "x"})
+
+
+def test_failed_pods_of_each_step_job_are_exported_and_dropped_with_the_job():
+    """flowdpo_job_failed_pods (the PrometheusRule's FlowDPOJobPodsFailing reads it) mirrors each Job's
+    status.failed; a Job deleted (a retried step) or a run forgotten drops its series."""
+    ctl, cluster, _ = controller_for(run_body())
+    ctl.sync(NAMESPACE, "demo")
+    cluster.objects[("Job", "demo-prepare")]["status"] = {"failed": 2, "active": 1}
+    ctl.sync(NAMESPACE, "demo")
+    text = generate_latest(ctl.metrics.registry).decode()
+    assert f'flowdpo_job_failed_pods{{run="demo",run_namespace="{NAMESPACE}",step="prepare"}} 2.0' in text
+    del cluster.objects[("Job", "demo-prepare")]
+    cluster.run["metadata"]["generation"] += 1  # (any later sync observes the Job gone)
+    ctl.sync(NAMESPACE, "demo")
+    text = generate_latest(ctl.metrics.registry).decode()
+    assert 'step="prepare"} 2.0' not in text
+    ctl.metrics.forget(NAMESPACE, "demo")
+    assert "flowdpo_job_failed_pods{" not in generate_latest(ctl.metrics.registry).decode()
