@@ -97,6 +97,13 @@ class VLLMServerSpec(SpecModel):
     max_lora_rank: int = Field(16, le=1024, ge=1, description="--max-lora-rank (>= lora.r).")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="--gpu-memory-utilization.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM server flags, appended verbatim.")
+    metrics_port: int = Field(
+        9401,
+        ge=1,
+        le=65535,
+        description="Port (named vllm-metrics) where a relay container serves the vLLM server's own /metrics, "
+        "read-only (the server itself listens on 127.0.0.1 only: its LoRA endpoints are an admin API).",
+    )
 
 
 class JobPolicySpec(SpecModel):

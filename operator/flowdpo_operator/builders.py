@@ -425,7 +425,15 @@ def rollout_deployment(doc: RunDocument, owner: Owner) -> dict[str, Any]:
             adapters=True,
             cache="read",
         )  # fmt: skip
-        containers = [_vllm_container(doc), worker]
+        relay = _flowdpo_container(
+            doc, "vllm-metrics",
+            ["metrics-proxy", "--upstream", f"http://127.0.0.1:{k.vllm.port}/metrics",
+             "--metrics-port", str(k.vllm.metrics_port)],
+            None,
+        )  # fmt: skip
+        relay["ports"] = [{"name": "vllm-metrics", "containerPort": k.vllm.metrics_port, "protocol": "TCP"}]
+        relay["resources"] = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+        containers = [_vllm_container(doc), worker, relay]
         shm, adapters = True, True
     else:
         shm, adapters = k.rollout.gpus > 0, False

@@ -179,6 +179,11 @@ def _vllm_errors(doc: RunDocument) -> list[str]:
             f"spec.kubernetes.metricsPort: {v.port} is also spec.kubernetes.vllm.port; the worker and the "
             "vLLM server share the pod's network, pick two ports"
         )
+    if v.metrics_port in (v.port, doc.spec.kubernetes.metrics_port):
+        errors.append(
+            f"spec.kubernetes.vllm.metricsPort: {v.metrics_port} is also spec.kubernetes.vllm.port or "
+            "spec.kubernetes.metricsPort; the containers of a rollout pod share its network, pick distinct ports"
+        )
     for arg in v.extra_args:
         flag = arg.split("=", 1)[0]
         if flag in VLLM_MANAGED_FLAGS:

@@ -252,8 +252,13 @@ class TestRolloutDeployment:
         )  # fmt: skip
         body = builders.rollout_deployment(doc, OWNER)
         spec = pod_spec(body)
-        assert [c["name"] for c in spec["containers"]] == ["vllm", "worker"]
+        assert [c["name"] for c in spec["containers"]] == ["vllm", "worker", "vllm-metrics"]
         vllm, worker = container(body, "vllm"), container(body, "worker")
+        # vLLM's own /metrics leave the pod through a read-only relay on a port of its own.
+        relay = container(body, "vllm-metrics")
+        relay_args = parse_flowdpo_command(relay["command"])
+        assert relay_args.upstream == "http://127.0.0.1:8100/metrics" and relay_args.metrics_port == 9401
+        assert relay["ports"] == [{"name": "vllm-metrics", "containerPort": 9401, "protocol": "TCP"}]
 
         args = parse_flowdpo_command(worker["command"])
         assert args.vllm_url == "http://127.0.0.1:8100" and args.adapter_dir == ADAPTER_DIR
