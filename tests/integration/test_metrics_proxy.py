@@ -10,9 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest, start_http_server
@@ -41,7 +41,7 @@ def upstream():
     g = Gauge("vllm:num_requests_running", "Requests on the GPU", ["model_name"], registry=registry)
     g.labels("answer-v3").set(7)
     port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     yield port, registry
     server.shutdown()
 
