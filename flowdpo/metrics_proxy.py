@@ -5,6 +5,11 @@ A rollout pod's vLLM server listens on 127.0.0.1 only, because its runtime LoRA 
 metrics (queue lengths, KV-cache use, time to first token, tokens/s): this relay, a container of the same pod,
 listens on the pod IP and answers `GET /metrics` (and `HEAD`) with the upstream's page, and nothing else, so
 no other vLLM endpoint becomes reachable from outside the pod.
+
+It asks the upstream for the Prometheus text format (0.0.4), whatever the scraper asked for: that format keeps
+vLLM's metric names (`vllm:num_requests_running`) as they are, while prometheus_client's OpenMetrics output
+(0.26, which Prometheus prefers) escapes the ':' to '_' (`vllm_num_requests_running`), and the dashboard's
+vLLM panels would find nothing (tests/integration/test_prometheus_scrape.py scrapes through this relay).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 log = logging.getLogger(__name__)
 
 PATH = "/metrics"
+TEXT_FORMAT = "text/plain; version=0.0.4"
 
 
 def make_handler(upstream: str, timeout: float) -> type[BaseHTTPRequestHandler]:
@@ -28,7 +34,8 @@ def make_handler(upstream: str, timeout: float) -> type[BaseHTTPRequestHandler]:
                 self._plain(404, f"only GET {PATH} is served here\n", body)
                 return
             try:
-                with urllib.request.urlopen(upstream, timeout=timeout) as r:
+                request = urllib.request.Request(upstream, headers={"Accept": TEXT_FORMAT})
+                with urllib.request.urlopen(request, timeout=timeout) as r:
                     data, status, ctype = r.read(), r.status, r.headers.get("Content-Type", "text/plain")
             except urllib.error.HTTPError as e:
                 self._plain(502, f"upstream {upstream} answered HTTP {e.code}\n", body)

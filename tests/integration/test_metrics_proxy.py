@@ -26,8 +26,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def fetch(url: str, method: str = "GET") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+def fetch(url: str, method: str = "GET", accept: str | None = None) -> tuple[int, bytes]:
+    headers = {"Accept": accept} if accept else {}
+    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, r.read()
@@ -74,6 +75,12 @@ def test_relays_the_upstream_page_and_nothing_else(upstream):
         assert status == 200
         assert body == generate_latest(registry)
         assert b'vllm:num_requests_running{model_name="answer-v3"} 7.0' in body
+        # Asked for OpenMetrics (as Prometheus does), prometheus_client would write vllm_num_requests_running;
+        # through the relay the names stay vLLM's own.
+        openmetrics = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        direct = fetch(f"http://127.0.0.1:{port}/metrics", accept=openmetrics)[1]
+        assert b"vllm_num_requests_running{" in direct
+        assert fetch(f"http://127.0.0.1:{proxy}/metrics", accept=openmetrics) == (200, generate_latest(registry))
         for path in ("/v1/load_lora_adapter", "/v1/models", "/metrics/../v1/models", "/"):
             status, body = fetch(f"http://127.0.0.1:{proxy}{path}")
             assert status == 404 and b"only GET /metrics" in body, path
