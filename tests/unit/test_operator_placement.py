@@ -125,8 +125,11 @@ class TestPlacement:
         for body in (builders.job(doc, OWNER, "trainer"), builders.rollout_deployment(doc, OWNER)):
             spec = pod(body)
             assert spec["affinity"] == AFFINITY and spec["priorityClassName"] == "training-high"
-            gpu_containers = [c for c in spec["containers"] if c["resources"]]
-            assert len(gpu_containers) == 1  # the vLLM server holds the accelerators, not the worker next to it
+            gpu_containers = [c for c in spec["containers"] if "nvidia.com/mig-3g.40gb" in str(c["resources"])]
+            # the vLLM server holds the accelerators, not the worker or the metrics relay next to it
+            component = body["metadata"]["labels"]["app.kubernetes.io/component"]
+            holder = {"trainer": "trainer", "rollout": "vllm" if variant else "worker"}[component]
+            assert [c["name"] for c in gpu_containers] == [holder]
             res = gpu_containers[0]["resources"]
             assert res["requests"] == {"nvidia.com/mig-3g.40gb": "2"} == res["limits"]
             assert "nvidia.com/gpu" not in str(spec)
@@ -165,6 +168,9 @@ class TestModelCache:
         assert env["HF_HUB_CACHE"] == HUB_CACHE and "HF_HUB_OFFLINE" not in env
         readers = [builders.job(doc, OWNER, "trainer"), builders.rollout_deployment(doc, OWNER)]
         containers = [c for body in readers for c in pod(body)["containers"]]
+        relay = next(c for c in containers if c["name"] == "vllm-metrics")
+        assert "model-cache" not in str(relay)  # it relays /metrics, it loads nothing
+        containers.remove(relay)
         assert sorted(c["name"] for c in containers) == ["trainer", "vllm", "worker"]
         for body in readers:
             claim = next(v for v in pod(body)["volumes"] if v["name"] == "model-cache")["persistentVolumeClaim"]
