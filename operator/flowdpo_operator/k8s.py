@@ -22,7 +22,7 @@ from typing import Any
 
 import kubernetes
 
-from flowdpo.spec import API_GROUP
+from flowdpo.spec import API_GROUP, KUEUE_QUEUE_LABEL
 
 from . import builders
 from .world import (
@@ -243,7 +243,8 @@ def observe_job(obj: Mapping[str, Any]) -> ObservedJob:
                 JobState.FAILED, _hash(obj), c.get("reason", ""), c.get("message", ""), failed_pods=failed
             )
     suspended = bool((obj.get("spec") or {}).get("suspend"))
-    return ObservedJob(JobState.ACTIVE, _hash(obj), suspended=suspended, failed_pods=failed)
+    queued = KUEUE_QUEUE_LABEL in ((obj.get("metadata") or {}).get("labels") or {})
+    return ObservedJob(JobState.ACTIVE, _hash(obj), suspended=suspended, failed_pods=failed, queued=queued)
 
 
 def observe_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:

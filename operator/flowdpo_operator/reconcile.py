@@ -31,7 +31,18 @@ from .builders import Owner, child_name
 from .placement import PREFETCH, kueue_managed
 from .status import MILESTONES, Conditions, progress_fields, summary, without_nulls
 from .validation import Validation, immutable_changes
-from .world import Action, Create, Delete, Event, JobState, Observed, ObservedStorage, Replace, SuspendJob
+from .world import (
+    Action,
+    Create,
+    Delete,
+    Event,
+    JobState,
+    Observed,
+    ObservedJob,
+    ObservedStorage,
+    Replace,
+    SuspendJob,
+)
 
 PHASE_OF_STEP = {
     PREFETCH: "Preparing", "prepare": "Preparing", "trainer": "Training", "compile": "Compiling", "eval": "Compiling"
@@ -104,7 +115,8 @@ class _Run:
         self.storage = observed.storage or ObservedStorage()
         self.progress = self.storage.progress
         self.suspended = doc.spec.suspend
-        # Suspend by Job.spec.suspend where the server has it and Kueue does not own that field.
+        # Suspend by Job.spec.suspend where the server has it and Kueue does not own that field (new Jobs get
+        # the queue label with spec.kubernetes.queueName; a Job's own label decides for that Job).
         self.patch_suspend = observed.server.has_job_suspend and not kueue_managed(doc)
 
     def name(self, component: str) -> str:
@@ -212,6 +224,10 @@ class _Run:
             return self._secret_message()
         return ""
 
+    def _patchable(self, job: ObservedJob) -> bool:
+        """Whether suspend/resume of this Job goes through its spec.suspend (else: delete and recreate)."""
+        return self.observed.server.has_job_suspend and not job.queued
+
     def _stopped_how(self) -> str:
         return "suspended (Job.spec.suspend)" if self.patch_suspend else "deleted"
 
@@ -229,9 +245,11 @@ class _Run:
                     actions.append(Create(builders.job(doc, owner, step, observed.server)))
             elif job.state is not JobState.ACTIVE:
                 continue
-            elif self.suspended and not self.patch_suspend:
-                actions.append(Delete("Job", self.name(step)))
-            elif self.patch_suspend and job.suspended != self.suspended:
+            elif not self._patchable(job):
+                if self.suspended:
+                    actions.append(Delete("Job", self.name(step)))
+            elif job.suspended != self.suspended:
+                # Also resumes a Job suspended before queueName was removed (Kueue no longer starts it).
                 actions.append(SuspendJob(self.name(step), self.suspended))
         rollout = observed.rollout
         if rollout is not None and rollout.terminating:
@@ -271,7 +289,7 @@ class _Run:
         job = self.observed.jobs.get(step)
         if job is not None and job.state is JobState.TERMINATING:
             return f"Job {name} is being deleted; it is created again once its pods are gone"
-        if job is not None and job.suspended and kueue_managed(self.doc):
+        if job is not None and job.suspended and job.queued:
             queue = self.doc.spec.kubernetes.queue_name
             return f"Job {name} waits for Kueue to admit it (LocalQueue {queue!r}; `kubectl get workloads`)"
         if step == PREFETCH:

@@ -65,6 +65,7 @@ class ObservedJob:
     message: str = ""
     suspended: bool = False  # spec.suspend (Kubernetes 1.22+)
     failed_pods: int = 0  # status.failed: pods of this Job that failed (each retry is a new pod)
+    queued: bool = False  # labelled kueue.x-k8s.io/queue-name: Kueue owns its spec.suspend
 
 
 @dataclass(frozen=True)

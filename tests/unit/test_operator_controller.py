@@ -287,3 +287,18 @@ def test_failed_pods_of_each_step_job_are_exported_and_dropped_with_the_job():
     assert 'step="prepare"} 2.0' not in text
     ctl.metrics.forget(NAMESPACE, "demo")
     assert "flowdpo_job_failed_pods{" not in generate_latest(ctl.metrics.registry).decode()
+
+
+def test_each_jobs_own_queue_label_decides_how_it_is_suspended():
+    """A Job suspended through spec.suspend before queueName was set has no queue label: Kueue will not start
+    it, so resuming the run unsuspends it; Jobs created after carry the label and start suspended."""
+    ctl, cluster, _ = controller_for(run_body(), server=ServerVersion(1, 28))
+    ctl.sync(NAMESPACE, "demo")
+    _set_suspend(cluster, True)
+    ctl.sync(NAMESPACE, "demo")
+    assert cluster.objects[("Job", "demo-prepare")]["spec"]["suspend"] is True
+    cluster.run["spec"]["kubernetes"] = {"queueName": "gpu-queue"}
+    _set_suspend(cluster, False)
+    ctl.sync(NAMESPACE, "demo")
+    job = cluster.objects[("Job", "demo-prepare")]
+    assert job["spec"]["suspend"] is False and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
