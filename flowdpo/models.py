@@ -198,6 +198,29 @@ def resolve_model_path(spec: ModelSpec) -> str:
     return spec.name
 
 
+def prefetch_model(spec: ModelSpec) -> str:
+    """Put the model where `load_base_model` / `load_tokenizer` (and a vLLM server with the same HF_HUB_CACHE)
+    will find it without a network: a built-in model is converted into the flowdpo cache (`FLOWDPO_CACHE`),
+    a hub id is downloaded into the Hugging Face hub cache (`HF_HUB_CACHE`), a local folder is checked. Returns
+    where it is. Used by `flowdpo prefetch`, the model cache's fill step on a cluster."""
+    if spec.name.startswith("builtin:"):
+        return resolve_model_path(spec)
+    if Path(spec.name).is_dir():
+        if not (Path(spec.name) / "config.json").is_file():
+            raise ModelError(f"model.name: {spec.name!r} is a folder without config.json")
+        return spec.name
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        # Weights in safetensors (what vLLM and transformers load) plus configs and the tokenizer; not the
+        # duplicate .bin / .pth / GGUF copies some repositories also carry.
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "*.py"]
+        return snapshot_download(spec.name, revision=spec.revision, allow_patterns=patterns)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
+        raise ModelError(f"model.name: cannot download {spec.name!r}: {e}") from None
+
+
 def pick_device(requested: str) -> str:
     import torch
 

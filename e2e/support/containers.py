@@ -155,6 +155,24 @@ class Sandbox:
             raise
         return {**{k: v.encode() for k, v in (cm.data or {}).items()}, **_decode(cm.binary_data)}
 
+    def _claim_folder(self, claim: str) -> Path:
+        """The host folder of a PersistentVolumeClaim: the `hostPath` of the PersistentVolume it is bound to
+        (binding is the real controller-manager's; a real kubelet would mount the volume there)."""
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, self.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                raise ContainerConfigError(f'persistentvolumeclaim "{claim}" not found') from e
+            raise
+        if pvc.status.phase != "Bound" or not pvc.spec.volume_name:
+            raise ContainerConfigError(f'persistentvolumeclaim "{claim}" is not bound')
+        pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+        if pv.spec.host_path is None:
+            raise UnsupportedPodError(f"PersistentVolume {pv.metadata.name}: only hostPath volumes are supported")
+        folder = Path(pv.spec.host_path.path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def _field(self, path: str) -> str:
         meta, spec = self.pod["metadata"], self.pod["spec"]
         values = {
@@ -199,7 +217,10 @@ class Sandbox:
             path.write_bytes(data[key])
             path.chmod(mode if mode is not None else 0o644)
 
-    def _materialise(self, volume: dict, folder: Path) -> None:
+    def _materialise(self, volume: dict, folder: Path) -> Path:
+        """Create the volume's content; returns where it is (`folder`, or a PersistentVolume's own folder)."""
+        if "persistentVolumeClaim" in volume:
+            return self._claim_folder(volume["persistentVolumeClaim"]["claimName"])
         if "emptyDir" in volume:
             folder.mkdir(parents=True, exist_ok=True)
         elif "configMap" in volume:
@@ -237,6 +258,7 @@ class Sandbox:
         else:
             kind = sorted(k for k in volume if k != "name")
             raise UnsupportedPodError(f"volume {volume['name']}: type {kind} is not supported by the fake kubelet")
+        return folder
 
     def _downward(self, folder: Path, items: list[dict]) -> None:
         for item in items:
@@ -251,8 +273,7 @@ class Sandbox:
         appeared since)."""
         for volume in self.pod["spec"].get("volumes") or []:
             folder = self.root / "volumes" / volume["name"]
-            self._materialise(volume, folder)
-            self.volumes[volume["name"]] = folder
+            self.volumes[volume["name"]] = self._materialise(volume, folder)
 
     # -- containers ----------------------------------------------------------------------------------------
     def mounts(self, container: dict) -> dict[str, Path]:

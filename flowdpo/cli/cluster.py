@@ -1,7 +1,10 @@
-"""`flowdpo worker` and `flowdpo trainer`: the cluster programs (one rollout worker per pod; one trainer Job).
+"""`flowdpo worker`, `flowdpo trainer` and `flowdpo prefetch`: the cluster programs (one rollout worker per
+pod; one trainer Job; the Job that fills the model cache volume).
 
     flowdpo worker RUN.yaml [--metrics-port 9400] [--lease-seconds 60]
     flowdpo trainer RUN.yaml [--metrics-port 9401]
+    flowdpo prefetch RUN.yaml
+    flowdpo metrics-proxy --upstream http://127.0.0.1:8000/metrics --metrics-port 9401
 
 Both read the run's storage URI from the run file (or --storage) and the standard AWS_* / GOOGLE_* /
 AZURE_* environment variables for credentials; neither needs the Kubernetes API. Both exit 0 when the
@@ -64,6 +67,35 @@ def cmd_trainer(args) -> int:
     return 0
 
 
+def cmd_prefetch(args) -> int:
+    """Download (or convert) the run's model into the caches named by HF_HUB_CACHE / FLOWDPO_CACHE; on a
+    cluster those point into the model cache volume (spec.kubernetes.modelCache)."""
+    from flowdpo.models import prefetch_model
+    from flowdpo.spec import load_document
+
+    doc = load_document(args.file)
+    where = prefetch_model(doc.spec.model)
+    print(f"model {doc.spec.model.name} ready at {where}")
+    return 0
+
+
+def cmd_metrics_proxy(args) -> int:
+    """Relay the pod-local vLLM server's /metrics to Prometheus (flowdpo/metrics_proxy.py says why)."""
+    from flowdpo.metrics_proxy import serve
+
+    try:
+        server = serve(args.upstream, args.metrics_port, args.metrics_addr)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"relaying {args.upstream} at http://{args.metrics_addr}:{server.server_port}/metrics", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _common(p, poll_default: float) -> None:
     p.add_argument("file", help="FlowDPORun YAML")
     add_storage_option(p)
@@ -92,3 +124,13 @@ def add_subparsers(sub) -> None:
     t = sub.add_parser("trainer", help="trainer service: consume finished shards in order, train, publish adapters")
     _common(t, 1.0)
     t.set_defaults(func=cmd_trainer)
+
+    f = sub.add_parser("prefetch", help="download the run's model into the caches (HF_HUB_CACHE, FLOWDPO_CACHE)")
+    f.add_argument("file", help="FlowDPORun YAML")
+    f.set_defaults(func=cmd_prefetch)
+
+    m = sub.add_parser("metrics-proxy", help="serve a pod-local /metrics page (the vLLM server's) on the pod IP, read-only")
+    m.add_argument("--upstream", required=True, help="the page to relay, e.g. http://127.0.0.1:8000/metrics")
+    m.add_argument("--metrics-port", type=int, required=True, help="port to serve /metrics on")
+    m.add_argument("--metrics-addr", default="0.0.0.0", help="address to listen on (default 0.0.0.0: pod IP)")
+    m.set_defaults(func=cmd_metrics_proxy)

@@ -8,6 +8,7 @@ import datetime as dt
 from flowdpo.metrics import Metrics
 from flowdpo.names import ADAPTERS
 from flowdpo.storage import ObjectStore, RunLayout
+from flowdpo.tracking import track
 from flowdpo.train.online import OnlineTrainer, TrainerState
 
 
@@ -101,6 +102,7 @@ def publish_progress(
     st = trainer.state
     progress = build_progress(doc.name, phase, st, manifest, live)
     store.put_json(RunLayout.progress, progress)
+    track(doc, progress)  # spec.tracking (MLflow, W&B, a file); never raises
     run = doc.name
     metrics.set_phase(phase)
     _set_counter(metrics.examples.labels(run), st.examples)

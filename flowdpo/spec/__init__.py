@@ -17,7 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flowdpo.spec.cluster import (  # noqa: F401 - re-exported: `from flowdpo.spec import ...`
+    KUEUE_PRIORITY_LABEL,
+    KUEUE_QUEUE_LABEL,
+    JobPolicySpec,
     KubernetesSpec,
+    ModelCacheSpec,
     PodOptions,
     VLLMServerSpec,
 )
@@ -44,6 +48,7 @@ from flowdpo.spec.sections import (  # noqa: F401 - re-exported: `from flowdpo.s
     SpecError,
     SpecModel,
     StorageSpec,
+    TrackingSpec,
     TrainingSpec,
 )
 from flowdpo.spec.yaml_file import RunFileError, load_run_yaml
@@ -67,12 +72,15 @@ class RunSpec(SpecModel):
         False, description="Cluster: scale rollout workers to zero and suspend the Jobs; false resumes the run."
     )
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec, description="Experiment tracking of the run's progress (MLflow, W&B, a file)."
+    )
 
     def training_identity(self) -> dict[str, Any]:
         """The fields that decide what training computes: a stored run resumes only under an equal identity.
-        Operational fields (suspend, cluster placement, replica count, credentials) and the compile section
+        Operational fields (suspend, cluster placement, tracking, replica count, credentials) and the compile section
         (read after training) may change at any time."""
-        body = self.model_dump(mode="json", exclude={"compile", "suspend", "kubernetes"})
+        body = self.model_dump(mode="json", exclude={"compile", "suspend", "kubernetes", "tracking"})
         body["rollout"].pop("replicas")
         body["storage"].pop("secret_name")
         return body

@@ -221,6 +221,28 @@ class RolloutSpec(SpecModel):
     )
 
 
+class TrackingSpec(SpecModel):
+    """Experiment tracking: every progress.json the trainer publishes is also logged (flowdpo/tracking.py)."""
+
+    backend: Literal["none", "mlflow", "wandb", "jsonl"] = Field(
+        "none",
+        description="'mlflow': an MLflow tracking server (uri); 'wandb': Weights & Biases (the wandb package and "
+        "WANDB_API_KEY in the trainer's environment); 'jsonl': one JSON line per point in the file at uri.",
+    )
+    uri: str | None = Field(
+        None, description="mlflow: the tracking server's http(s) URL; jsonl: a file path; wandb: unused."
+    )
+    experiment: str = Field("flowdpo", min_length=1, description="MLflow experiment / W&B project.")
+
+    @model_validator(mode="after")
+    def _uri_fits_backend(self) -> TrackingSpec:
+        if self.backend == "mlflow" and not (self.uri or "").startswith(("http://", "https://")):
+            raise ValueError("tracking.uri: the MLflow tracking server's URL, e.g. http://mlflow.mlops:5000")
+        if self.backend == "jsonl" and not self.uri:
+            raise ValueError("tracking.uri: the file to append points to, e.g. runs/metrics.jsonl")
+        return self
+
+
 class SftLoraSpec(LoraSpec):
     """LoRA of the compiled (SFT) model: the paper's compile settings are r 16 / alpha 16."""
 

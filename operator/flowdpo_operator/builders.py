@@ -4,6 +4,7 @@ Nothing here talks to the API; `reconcile` decides which of these bodies to crea
 `k8s` sends them. Children of run `<run>` (namespace of the run, controller ownerReference to it):
 
     ConfigMap   <run>-config    run.yaml: the run document every pod reads (mounted at /etc/flowdpo)
+    Job         <run>-weights   flowdpo prefetch     (the model into the model cache volume; kubernetes.modelCache)
     Job         <run>-prepare   flowdpo prepare      (example shards into object storage)
     Deployment  <run>-rollout   flowdpo worker       (+ a vLLM server container for rollout.backend=vllm)
     Job         <run>-trainer   flowdpo trainer
@@ -14,7 +15,8 @@ Every pod: no Kubernetes API access (automountServiceAccountToken: false), non-r
 storage credentials from `envFrom: secretRef` of spec.storage.secretName, HOME and caches on an emptyDir
 at /tmp (images may run with a read-only or foreign-owned root filesystem). Each body carries the hash of
 its own content in the annotation `flowdpo.dev/spec-hash`, so the reconciler can tell a stale child from
-a current one without comparing against server-side defaults.
+a current one without comparing against server-side defaults. Placement, Kueue labels, Job policy and the
+model cache volume come from `placement`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,18 @@ import yaml
 from flowdpo.spec import API_GROUP, API_VERSION, KIND, PodOptions, RunDocument
 from flowdpo.train.launch import torchrun_command
 
+from .placement import (
+    MODEL_CACHE_READERS,
+    PREFETCH,
+    job_policy,
+    kueue_labels,
+    model_cache_env,
+    model_cache_mount,
+    model_cache_volume,
+    pod_placement,
+)
+from .world import ServerVersion
+
 # Where pods find things (the same paths in every container of a pod).
 CONFIG_DIR = "/etc/flowdpo"
 RUN_FILE = f"{CONFIG_DIR}/run.yaml"
@@ -41,14 +55,14 @@ SHM_DIR = "/dev/shm"  # torch / NCCL / vLLM need more shared memory than the con
 RUN_FILE_KEY = "run.yaml"
 SPEC_HASH_ANNOTATION = f"{API_GROUP}/spec-hash"
 MANAGED_BY = "flowdpo-operator"
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = "nvidia.com/gpu"  # the default accelerator (PodOptions.gpuResource)
 
 # Pods run as this user (the images create it; GID 0 owns HOME so any UID in group 0 can write there).
 RUN_AS_USER = 10001
 RUN_AS_GROUP = 0
 
 # The steps that run as Jobs, in pipeline order, and the component label of the rollout Deployment.
-JOB_STEPS = ("prepare", "trainer", "compile", "eval")
+JOB_STEPS = (PREFETCH, "prepare", "trainer", "compile", "eval")
 ROLLOUT = "rollout"
 CONFIG = "config"
 
@@ -138,12 +152,13 @@ def config_map(doc: RunDocument, owner: Owner) -> dict[str, Any]:
 
 # -- pieces of pod templates -------------------------------------------------------------------------------
 def resources(options: PodOptions) -> dict[str, Any]:
-    """The container's ResourceRequirements: `options.resources` plus `options.gpus` as nvidia.com/gpu in
-    both requests and limits (extended resources must have requests == limits)."""
+    """The container's ResourceRequirements: `options.resources` plus `options.gpus` of `options.gpuResource`
+    (nvidia.com/gpu, a MIG slice, ...) in both requests and limits (extended resources must have requests ==
+    limits)."""
     out: dict[str, Any] = {key: dict(value) for key, value in options.resources.items()}
     if options.gpus:
         for key in ("requests", "limits"):
-            out.setdefault(key, {})[GPU_RESOURCE] = str(options.gpus)
+            out.setdefault(key, {})[options.gpu_resource] = str(options.gpus)
     return out
 
 
@@ -186,8 +201,8 @@ def literal_args(args: list[str]) -> list[str]:
     return [a.replace("$", "$$") for a in args]
 
 
-def _mounts(*, shm: bool, adapters: bool = False) -> list[dict[str, Any]]:
-    mounts = [
+def _mounts(*, shm: bool, adapters: bool = False, cache: list[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    mounts = [*cache,
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "scratch", "mountPath": SCRATCH_DIR},
     ]
@@ -208,10 +223,15 @@ def _flowdpo_container(
     env: dict[str, str] | None = None,
     shm: bool = False,
     adapters: bool = False,
+    cache: str = "",
 ) -> dict[str, Any]:
     """A container running `flowdpo <args>` from kubernetes.image. `options` None: no resource settings
-    (the worker next to a vLLM server, which holds the pod's GPUs)."""
+    (the worker next to a vLLM server, which holds the pod's GPUs). `cache`: "read" or "write" mounts the model
+    cache volume (kubernetes.modelCache) at /models and points the Hugging Face and flowdpo caches there."""
     k = doc.spec.kubernetes
+    writable = cache == "write"
+    if cache:
+        env = {**(env or {}), **model_cache_env(doc, writable=writable)}
     container: dict[str, Any] = {
         "name": name,
         "image": k.image,
@@ -220,7 +240,9 @@ def _flowdpo_container(
         "env": _env(env),
         "envFrom": _env_from(doc),
         "resources": resources(options) if options is not None else {},
-        "volumeMounts": _mounts(shm=shm, adapters=adapters),
+        "volumeMounts": _mounts(
+            shm=shm, adapters=adapters, cache=model_cache_mount(doc, writable=writable) if cache else []
+        ),
         "securityContext": _container_security(),
     }
     if metrics:
@@ -237,6 +259,7 @@ def _pod_template(
     restart_policy: str,
     shm: bool = False,
     adapters: bool = False,
+    cache: str = "",
 ) -> dict[str, Any]:
     k = doc.spec.kubernetes
     volumes: list[dict[str, Any]] = [
@@ -253,6 +276,8 @@ def _pod_template(
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
     if adapters:
         volumes.append({"name": "adapters", "emptyDir": {}})
+    if cache:
+        volumes += model_cache_volume(doc, writable=cache == "write")
     spec: dict[str, Any] = {
         "restartPolicy": restart_policy,
         # Workers and trainer exchange everything through object storage: no Kubernetes API access.
@@ -270,23 +295,21 @@ def _pod_template(
     }
     if k.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": s} for s in k.image_pull_secrets]
-    if options.node_selector:
-        spec["nodeSelector"] = dict(options.node_selector)
-    if options.tolerations:
-        spec["tolerations"] = [dict(t) for t in options.tolerations]
-    return {"metadata": {"labels": labels(doc.name, component)}, "spec": spec}
+    spec.update(pod_placement(options))
+    return {"metadata": {"labels": {**labels(doc.name, component), **kueue_labels(doc)}}, "spec": spec}
 
 
 # -- Jobs ----------------------------------------------------------------------------------------------------
 def step_options(doc: RunDocument, step: str) -> PodOptions:
-    """The PodOptions of a step: compile and eval share kubernetes.compile."""
+    """The PodOptions of a step: compile and eval share kubernetes.compile, the prefetch Job kubernetes.prepare."""
     k = doc.spec.kubernetes
-    return {"prepare": k.prepare, "trainer": k.trainer, "compile": k.compile, "eval": k.compile}[step]
+    return {PREFETCH: k.prepare, "prepare": k.prepare, "trainer": k.trainer, "compile": k.compile, "eval": k.compile}[step]
 
 
 def step_command(step: str) -> list[str]:
     """`flowdpo` arguments of each Job step. compile/eval: no progress bars (logs are not terminals)."""
     return {
+        PREFETCH: ["prefetch", RUN_FILE],
         "prepare": ["prepare", RUN_FILE],
         "trainer": ["trainer", RUN_FILE],
         "compile": ["compile", RUN_FILE, "--no-progress"],
@@ -294,9 +317,10 @@ def step_command(step: str) -> list[str]:
     }[step]
 
 
-def job(doc: RunDocument, owner: Owner, step: str) -> dict[str, Any]:
+def job(doc: RunDocument, owner: Owner, step: str, server: ServerVersion | None = None) -> dict[str, Any]:
     """The Job of one pipeline step. Every step resumes from object storage, so a retried pod (backoffLimit)
-    or a Job recreated after a suspend continues where the last one stopped."""
+    or a Job recreated after a suspend continues where the last one stopped. `server`: the API server's
+    version (which Job fields it has; default: the oldest supported)."""
     if step not in JOB_STEPS:
         raise ValueError(f"unknown step {step!r}; expected one of {JOB_STEPS}")
     k = doc.spec.kubernetes
@@ -306,20 +330,26 @@ def job(doc: RunDocument, owner: Owner, step: str) -> dict[str, Any]:
     if metrics:
         args = [*args, "--metrics-port", str(k.metrics_port)]
     gpu = options.gpus > 0
-    container = _flowdpo_container(doc, step, args, options, metrics=metrics, shm=gpu)
+    cache = "write" if step == PREFETCH else "read" if step in MODEL_CACHE_READERS else ""
+    container = _flowdpo_container(doc, step, args, options, metrics=metrics, shm=gpu, cache=cache)
     if step == "trainer" and options.gpus > 1:  # data-parallel trainer: one rank per GPU (flowdpo/train/parallel.py)
         container["command"] = literal_args(torchrun_command(options.gpus, args))
+    meta = _metadata(doc, owner, step)
+    meta["labels"].update(kueue_labels(doc))
     return _sealed(
         {
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": _metadata(doc, owner, step),
+            "metadata": meta,
             "spec": {
                 "backoffLimit": k.backoff_limit,
                 "completions": 1,
                 "parallelism": 1,
+                **job_policy(doc, options, server or ServerVersion()),
                 # Never: each retry is a new pod, so the failed pod's logs stay readable.
-                "template": _pod_template(doc, step, [container], options, restart_policy="Never", shm=gpu),
+                "template": _pod_template(
+                    doc, step, [container], options, restart_policy="Never", shm=gpu, cache=cache
+                ),
             },
         }
     )
@@ -360,7 +390,8 @@ def _vllm_container(doc: RunDocument) -> dict[str, Any]:
         "imagePullPolicy": k.image_pull_policy,
         "command": literal_args(vllm_args(doc)),
         # Adapters are loaded at run time with POST /v1/load_lora_adapter, one new name per version.
-        "env": _env({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}) + _hf_token(doc),
+        "env": _env({"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **model_cache_env(doc, writable=False)})
+        + _hf_token(doc),
         # The server listens on 127.0.0.1 only, so the kubelet cannot probe it over the pod IP: probe from
         # inside the container.
         "readinessProbe": {
@@ -370,7 +401,7 @@ def _vllm_container(doc: RunDocument) -> dict[str, Any]:
             "failureThreshold": 3,
         },
         "resources": resources(k.rollout),
-        "volumeMounts": _mounts(shm=True, adapters=True),
+        "volumeMounts": _mounts(shm=True, adapters=True, cache=model_cache_mount(doc, writable=False)),
         "securityContext": _container_security(),
     }
 
@@ -395,20 +426,32 @@ def rollout_deployment(doc: RunDocument, owner: Owner) -> dict[str, Any]:
             metrics=True,
             env={"FLOWDPO_SERVER_ADAPTER_DIR": ADAPTER_DIR},
             adapters=True,
+            cache="read",
         )  # fmt: skip
-        containers = [_vllm_container(doc), worker]
+        relay = _flowdpo_container(
+            doc, "vllm-metrics",
+            ["metrics-proxy", "--upstream", f"http://127.0.0.1:{k.vllm.port}/metrics",
+             "--metrics-port", str(k.vllm.metrics_port)],
+            None,
+        )  # fmt: skip
+        relay["ports"] = [{"name": "vllm-metrics", "containerPort": k.vllm.metrics_port, "protocol": "TCP"}]
+        relay["resources"] = {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+        containers = [_vllm_container(doc), worker, relay]
         shm, adapters = True, True
     else:
         shm, adapters = k.rollout.gpus > 0, False
         worker = _flowdpo_container(
-            doc, "worker", ["worker", RUN_FILE, "--metrics-port", port, "--linger"], k.rollout, metrics=True, shm=shm
+            doc, "worker", ["worker", RUN_FILE, "--metrics-port", port, "--linger"], k.rollout, metrics=True, shm=shm,
+            cache="read",
         )
         containers = [worker]
+    meta = _metadata(doc, owner, ROLLOUT)
+    meta["labels"].update(kueue_labels(doc))
     return _sealed(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _metadata(doc, owner, ROLLOUT),
+            "metadata": meta,
             "spec": {
                 "replicas": 0 if spec.suspend else spec.rollout.replicas,
                 "selector": {"matchLabels": selector_labels(doc.name, ROLLOUT)},
@@ -416,7 +459,8 @@ def rollout_deployment(doc: RunDocument, owner: Owner) -> dict[str, Any]:
                 # have leases in object storage), so replacing them all at once loses nothing.
                 "strategy": {"type": "Recreate"},
                 "template": _pod_template(
-                    doc, ROLLOUT, containers, k.rollout, restart_policy="Always", shm=shm, adapters=adapters
+                    doc, ROLLOUT, containers, k.rollout, restart_policy="Always", shm=shm, adapters=adapters,
+                    cache="read",
                 ),
             },
         }

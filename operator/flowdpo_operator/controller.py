@@ -93,8 +93,9 @@ class Controller:
         if is_settled(status, generation):
             self.metrics.set_phase(namespace, name, status["phase"])
             return None
-        validation = validate(body, self.allowed_images)
+        validation = validate(body, self.allowed_images, self.cluster.server_version())
         observed = self.cluster.observe(namespace, name, meta["uid"])
+        self.metrics.set_failed_pods(namespace, name, {step: j.failed_pods for step, j in observed.jobs.items()})
         if validation.doc is not None:
             observed = dataclasses.replace(observed, storage=self._storage(namespace, validation.doc))
         run = RunState(Owner(name, namespace, meta["uid"]), generation, status, validation)
@@ -104,6 +105,8 @@ class Controller:
         if decision.status_changed:
             self.cluster.patch_status(namespace, name, decision.status)
         self.metrics.set_phase(namespace, name, decision.status["phase"])
+        if "examples" in decision.status:
+            self.metrics.examples.labels(namespace, name).set(decision.status["examples"])
         result = "invalid" if decision.invalid else "blocked" if decision.blocked else "ok"
         self.metrics.reconciles.labels(result).inc()
         return decision

@@ -66,6 +66,10 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
         # apply (Helm 4 installs crds/ with it) then reports a conflict on .spec.versions with whoever
         # applied the CRD first.
         out.pop("default")
+    if out.get("default") == "":
+        # Kubernetes 1.20 reads `default: ''` as null and refuses the whole CRD ("must be of type string");
+        # pydantic fills the empty string in anyway.
+        out.pop("default")
     return out
 
 

@@ -5,7 +5,8 @@ token refresh) without its generated models: the builders' dicts go out exactly 
 back exactly as the API server sent them, whatever the server's version.
 
 Every call is one of the operator's RBAC needs (operator/README.md lists them): get/create/update/delete
-of the run's children by name, get of the storage Secret, get/patch of FlowDPORuns and their status.
+of the run's children by name (and patch of Jobs: spec.suspend), get of the storage Secret, get/patch of
+FlowDPORuns and their status, and GET /version (allowed to every client) once per process.
 Creating an object that exists (409) is success: a restarted operator, or a timer racing an event handler,
 creates nothing twice.
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import kubernetes
 
-from flowdpo.spec import API_GROUP
+from flowdpo.spec import API_GROUP, KUEUE_QUEUE_LABEL
 
 from . import builders
 from .world import (
@@ -34,6 +35,8 @@ from .world import (
     ObservedDeployment,
     ObservedJob,
     Replace,
+    ServerVersion,
+    SuspendJob,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class Cluster:
     def __init__(self, api: kubernetes.client.ApiClient, *, timeout: tuple[float, float] = (5.0, 30.0)):
         self._api = api
         self._timeout = timeout
+        self._server: ServerVersion | None = None
 
     # -- transport ------------------------------------------------------------------------------------------
     def _request(
@@ -123,6 +127,18 @@ class Cluster:
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self._request("GET", f"{COLLECTIONS[kind].format(namespace=namespace)}/{name}", missing_ok=True)
 
+    def server_version(self) -> ServerVersion:
+        """The API server's version (GET /version), read once: an upgrade restarts nothing here, but the
+        operator's pod is rescheduled during a control-plane upgrade often enough, and the fields gated on
+        it only add to what older servers do."""
+        if self._server is None:
+            body = self._request("GET", "/version") or {}
+            try:
+                self._server = ServerVersion.parse(body)
+            except ValueError as e:
+                raise ApiError(0, "GET", "/version", str(e)) from None
+        return self._server
+
     # -- FlowDPORuns ----------------------------------------------------------------------------------------
     def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The run as stored now (handlers' bodies can be a few events old); None if it is gone."""
@@ -155,6 +171,7 @@ class Cluster:
             rollout=observe_deployment(deployment) if deployment else None,
             jobs={step: observe_job(obj) for step, obj in jobs.items() if obj is not None},
             foreign=tuple(foreign),
+            server=self.server_version(),
         )
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
@@ -187,6 +204,11 @@ class Cluster:
             path = f"{COLLECTIONS[kind].format(namespace=namespace)}/{name}"
             self._request("PUT", path, body=action.body)
             return f"replaced {kind} {name}"
+        if isinstance(action, SuspendJob):
+            path = f"{COLLECTIONS['Job'].format(namespace=namespace)}/{action.name}"
+            patch = {"spec": {"suspend": action.suspend}}
+            self._request("PATCH", path, body=patch, content_type="application/merge-patch+json")
+            return f"{'suspended' if action.suspend else 'resumed'} Job {action.name}"
         if isinstance(action, Delete):
             # Foreground: the object stays (deletionTimestamp set) until its pods are gone, so a resumed
             # run never runs a new trainer pod next to the old one that is still shutting down.
@@ -208,16 +230,21 @@ def _hash(obj: Mapping[str, Any]) -> str | None:
 
 
 def observe_job(obj: Mapping[str, Any]) -> ObservedJob:
+    failed = int((obj.get("status") or {}).get("failed") or 0)
     if obj.get("metadata", {}).get("deletionTimestamp"):
-        return ObservedJob(JobState.TERMINATING, _hash(obj))
+        return ObservedJob(JobState.TERMINATING, _hash(obj), failed_pods=failed)
     for c in (obj.get("status") or {}).get("conditions") or ():
         if c.get("status") != "True":
             continue
         if c.get("type") == "Complete":
-            return ObservedJob(JobState.COMPLETE, _hash(obj))
+            return ObservedJob(JobState.COMPLETE, _hash(obj), failed_pods=failed)
         if c.get("type") == "Failed":
-            return ObservedJob(JobState.FAILED, _hash(obj), c.get("reason", ""), c.get("message", ""))
-    return ObservedJob(JobState.ACTIVE, _hash(obj))
+            return ObservedJob(
+                JobState.FAILED, _hash(obj), c.get("reason", ""), c.get("message", ""), failed_pods=failed
+            )
+    suspended = bool((obj.get("spec") or {}).get("suspend"))
+    queued = KUEUE_QUEUE_LABEL in ((obj.get("metadata") or {}).get("labels") or {})
+    return ObservedJob(JobState.ACTIVE, _hash(obj), suspended=suspended, failed_pods=failed, queued=queued)
 
 
 def observe_deployment(obj: Mapping[str, Any]) -> ObservedDeployment:

@@ -27,6 +27,19 @@ class OperatorMetrics:
         )
         for result in ("ok", "invalid", "blocked", "error"):
             self.reconciles.labels(result)
+        self.failed_pods = Gauge(
+            "flowdpo_job_failed_pods",
+            "Failed pods of a run's step Job (status.failed; each retry under backoffLimit is a new pod)",
+            ["run_namespace", "run", "step"],
+            registry=r,
+        )
+        self._steps: dict[tuple[str, str], set[str]] = {}
+        self.examples = Gauge(
+            "flowdpo_run_examples",
+            "Examples scored, as mirrored from progress.json into the run's status (stays while pods come and go)",
+            ["run_namespace", "run"],
+            registry=r,
+        )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
@@ -35,8 +48,22 @@ class OperatorMetrics:
         for p in PHASES:
             self.phase.labels(namespace, run, p).set(1.0 if p == phase else 0.0)
 
+    def set_failed_pods(self, namespace: str, run: str, by_step: dict[str, int]) -> None:
+        """One series per Job that exists; a deleted Job's series goes (a retried step starts again at 0)."""
+        for step in self._steps.get((namespace, run), set()) - set(by_step):
+            self.failed_pods.remove(namespace, run, step)
+        for step, count in by_step.items():
+            self.failed_pods.labels(namespace, run, step).set(count)
+        self._steps[(namespace, run)] = set(by_step)
+
     def forget(self, namespace: str, run: str) -> None:
         """Drop a deleted run's series."""
+        self.set_failed_pods(namespace, run, {})
+        self._steps.pop((namespace, run), None)
+        try:
+            self.examples.remove(namespace, run)
+        except KeyError:
+            pass
         for p in PHASES:
             try:
                 self.phase.remove(namespace, run, p)

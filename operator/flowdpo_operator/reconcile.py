@@ -4,14 +4,17 @@ Level-based: every call starts from what exists now (children owned by the run, 
 previous status for the sticky milestones), so a restarted operator computes the same decision from the
 same world and creates nothing twice. The pipeline is a list of steps, each done when its Job completed:
 
-    prepare ──> trainer (+ rollout Deployment) ──> compile ──> eval        (compile/eval: runCompile)
-    Preparing   Training                           Compiling               then Succeeded
+    weights ──> prepare ──> trainer (+ rollout Deployment) ──> compile ──> eval
+    Preparing   Preparing   Training                           Compiling               then Succeeded
+    (weights: kubernetes.modelCache with prefetch; compile/eval: runCompile)
 
 The current step is the first one not done. Its Job is created when absent; the rollout Deployment exists
 exactly while the trainer step is current (then it is deleted: its GPUs are free for compile). A Job that
 failed (backoffLimit exceeded) makes the run Failed; deleting that Job retries the step. `spec.suspend`
-scales the rollout to 0 and deletes the current step's Job (Kubernetes 1.20 has no Job.spec.suspend);
-resuming recreates it and the step resumes from object storage.
+scales the rollout to 0 and stops the current step's Job: on servers with Job.spec.suspend (1.22+) by setting
+it (the Job stays; resuming unsets it), on older ones, and for Jobs Kueue manages (Kueue owns their
+spec.suspend: it would start an admitted Job again), by deleting the Job; resuming recreates it. Either way
+the step resumes from object storage.
 """
 
 from __future__ import annotations
@@ -25,12 +28,26 @@ from flowdpo.spec import RunDocument
 
 from . import builders
 from .builders import Owner, child_name
+from .placement import PREFETCH, kueue_managed
 from .status import MILESTONES, Conditions, progress_fields, summary, without_nulls
 from .validation import Validation, immutable_changes
-from .world import Action, Create, Delete, Event, JobState, Observed, ObservedStorage, Replace
+from .world import (
+    Action,
+    Create,
+    Delete,
+    Event,
+    JobState,
+    Observed,
+    ObservedJob,
+    ObservedStorage,
+    Replace,
+    SuspendJob,
+)
 
-PHASE_OF_STEP = {"prepare": "Preparing", "trainer": "Training", "compile": "Compiling", "eval": "Compiling"}
-STEP_TITLE = {"prepare": "Prepare", "trainer": "Trainer", "compile": "Compile", "eval": "Eval"}
+PHASE_OF_STEP = {
+    PREFETCH: "Preparing", "prepare": "Preparing", "trainer": "Training", "compile": "Compiling", "eval": "Compiling"
+}
+STEP_TITLE = {PREFETCH: "Prefetch", "prepare": "Prepare", "trainer": "Trainer", "compile": "Compile", "eval": "Eval"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +80,9 @@ def is_settled(status: Mapping[str, Any], generation: int) -> bool:
 
 
 def steps_of(doc: RunDocument) -> list[str]:
-    return ["prepare", "trainer", *(["compile", "eval"] if doc.spec.kubernetes.run_compile else [])]
+    k = doc.spec.kubernetes
+    prefetch = [PREFETCH] if k.model_cache is not None and k.model_cache.prefetch else []
+    return [*prefetch, "prepare", "trainer", *(["compile", "eval"] if k.run_compile else [])]
 
 
 def reconcile(run: RunState, observed: Observed, *, now: str) -> Decision:
@@ -96,6 +115,9 @@ class _Run:
         self.storage = observed.storage or ObservedStorage()
         self.progress = self.storage.progress
         self.suspended = doc.spec.suspend
+        # Suspend by Job.spec.suspend where the server has it and Kueue does not own that field (new Jobs get
+        # the queue label with spec.kubernetes.queueName; a Job's own label decides for that Job).
+        self.patch_suspend = observed.server.has_job_suspend and not kueue_managed(doc)
 
     def name(self, component: str) -> str:
         return child_name(self.doc.name, component)
@@ -117,8 +139,8 @@ class _Run:
             "Suspended",
             self.suspended,
             "SuspendedBySpec" if self.suspended else "NotSuspended",
-            "spec.suspend is true: rollout scaled to 0 and the running step's Job deleted; set it to false "
-            "to resume (every step resumes from object storage)"
+            f"spec.suspend is true: rollout scaled to 0 and the running step's Job {self._stopped_how()}; set it "
+            "to false to resume (every step resumes from object storage)"
             if self.suspended
             else "spec.suspend is false",
         )
@@ -143,7 +165,7 @@ class _Run:
             message = self.conds.message(MILESTONES[current])
             phase = PHASE_OF_STEP[current]
             created = any(isinstance(a, Create) and a.body["kind"] == "Job" for a in actions)
-            if current == "prepare" and job is None and not created and previous.get("phase") != "Preparing":
+            if current == steps[0] and job is None and not created and previous.get("phase") != "Preparing":
                 phase = "Pending"  # nothing started yet: suspended, or waiting for a Secret
         return _finish(previous, self.status, self.conds, phase, tuple(actions), message, blocked=blocked)
 
@@ -202,6 +224,13 @@ class _Run:
             return self._secret_message()
         return ""
 
+    def _patchable(self, job: ObservedJob) -> bool:
+        """Whether suspend/resume of this Job goes through its spec.suspend (else: delete and recreate)."""
+        return self.observed.server.has_job_suspend and not job.queued
+
+    def _stopped_how(self) -> str:
+        return "suspended (Job.spec.suspend)" if self.patch_suspend else "deleted"
+
     # -- actions --------------------------------------------------------------------------------------------
     def _actions(self, current: str | None, failed: bool, blocked: str) -> list[Action]:
         """Creates only when nothing blocks; replaces (scale to 0) and deletes (suspend) always."""
@@ -213,9 +242,15 @@ class _Run:
             job = observed.jobs.get(step)
             if job is None:
                 if step == current and not failed and not self.suspended and not blocked:
-                    actions.append(Create(builders.job(doc, owner, step)))
-            elif self.suspended and job.state is JobState.ACTIVE:
-                actions.append(Delete("Job", self.name(step)))
+                    actions.append(Create(builders.job(doc, owner, step, observed.server)))
+            elif job.state is not JobState.ACTIVE:
+                continue
+            elif not self._patchable(job):
+                if self.suspended:
+                    actions.append(Delete("Job", self.name(step)))
+            elif job.suspended != self.suspended:
+                # Also resumes a Job suspended before queueName was removed (Kueue no longer starts it).
+                actions.append(SuspendJob(self.name(step), self.suspended))
         rollout = observed.rollout
         if rollout is not None and rollout.terminating:
             pass  # deleted earlier; recreated (if still wanted) once it is gone
@@ -243,7 +278,7 @@ class _Run:
             elif failed:
                 self.conds.set(type_, False, "JobFailed", f"Job {name} failed")
             elif self.suspended:
-                self.conds.set(type_, False, "Suspended", f"Job {name} deleted while spec.suspend is true")
+                self.conds.set(type_, False, "Suspended", f"Job {name} {self._stopped_how()} while spec.suspend is true")
             elif blocked:
                 self.conds.set(type_, False, "Waiting", blocked)
             else:
@@ -254,6 +289,11 @@ class _Run:
         job = self.observed.jobs.get(step)
         if job is not None and job.state is JobState.TERMINATING:
             return f"Job {name} is being deleted; it is created again once its pods are gone"
+        if job is not None and job.suspended and job.queued:
+            queue = self.doc.spec.kubernetes.queue_name
+            return f"Job {name} waits for Kueue to admit it (LocalQueue {queue!r}; `kubectl get workloads`)"
+        if step == PREFETCH:
+            return f"Job {name} is downloading {self.doc.spec.model.name!r} into the model cache volume"
         if step == "prepare":
             return f"Job {name} is writing example shards to {self.doc.storage_uri()}"
         if step == "trainer":

@@ -8,15 +8,16 @@ when `status` flips, so `kubectl describe` shows when something became true):
 
     Valid         the spec is accepted (False: the message names each field to fix)
     StorageReady  the run's storage Secret exists and progress.json could be read (or is not written yet)
+    ModelCached   Job <run>-weights completed: the model is in the cache volume (only with kubernetes.modelCache)
     Prepared      Job <run>-prepare completed (example shards are in object storage)
     Trained       Job <run>-trainer completed and progress.json says Succeeded
     Compiled      Job <run>-compile completed            (only with kubernetes.runCompile)
     Evaluated     Job <run>-eval completed               (only with kubernetes.runCompile)
-    Suspended     spec.suspend is true: rollout scaled to 0, the running step's Job deleted
+    Suspended     spec.suspend is true: rollout scaled to 0, the running step's Job suspended (1.22+) or deleted
     Succeeded     every step is done (set once reached; `kubectl wait --for=condition=Succeeded fdr/<run>`)
     Failed        the spec is invalid or a step's Job failed (set once it happened; False again after a retry)
 
-Prepared / Trained / Compiled / Evaluated are milestones: once True they stay True, so deleting a finished
+ModelCached / Prepared / Trained / Compiled / Evaluated are milestones: once True they stay True, so deleting a finished
 Job later does not make the run redo a step.
 """
 
@@ -29,10 +30,10 @@ from typing import Any
 from flowdpo.names import ADAPTERS
 
 CONDITION_TYPES = (
-    "Valid", "StorageReady", "Prepared", "Trained", "Compiled", "Evaluated", "Suspended", "Succeeded", "Failed",
+    "Valid", "StorageReady", "ModelCached", "Prepared", "Trained", "Compiled", "Evaluated", "Suspended", "Succeeded", "Failed",
     "OperatorError",
 )  # fmt: skip
-MILESTONES = {"prepare": "Prepared", "trainer": "Trained", "compile": "Compiled", "eval": "Evaluated"}
+MILESTONES = {"weights": "ModelCached", "prepare": "Prepared", "trainer": "Trained", "compile": "Compiled", "eval": "Evaluated"}
 
 
 def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:

@@ -35,7 +35,8 @@ from flowdpo.spec import (
     parse_document,
 )
 
-from .builders import GPU_RESOURCE, JOB_STEPS, ROLLOUT, child_name
+from .builders import JOB_STEPS, ROLLOUT, child_name
+from .world import ServerVersion
 
 # Children are named `<run>-<component>`; the longest suffix is 8 characters and a Job's name must fit in a
 # label value (63 characters: Kubernetes labels each Job's pods with job-name).
@@ -62,9 +63,12 @@ class Validation:
         return not self.errors
 
 
-def validate(body: Mapping[str, Any], allowed_images: tuple[str, ...] = ()) -> Validation:
+def validate(
+    body: Mapping[str, Any], allowed_images: tuple[str, ...] = (), server: ServerVersion | None = None
+) -> Validation:
     """Validate a FlowDPORun object as read from the API (metadata beyond the name is ignored).
-    `allowed_images`: image prefixes run pods may use (empty: any); creating a FlowDPORun creates pods."""
+    `allowed_images`: image prefixes run pods may use (empty: any); creating a FlowDPORun creates pods.
+    `server`: the API server's version (Kueue needs Job.spec.suspend); None: not checked."""
     meta = body.get("metadata") or {}
     raw = {
         "apiVersion": body.get("apiVersion", API_VERSION),
@@ -78,7 +82,7 @@ def validate(body: Mapping[str, Any], allowed_images: tuple[str, ...] = ()) -> V
         # parse_document's message: a headline, then one "  field: problem" line per error.
         lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
         return Validation(None, tuple(lines) or (str(e),))
-    errors = cluster_errors(doc) + image_errors(doc, allowed_images)
+    errors = cluster_errors(doc) + image_errors(doc, allowed_images) + server_errors(doc, server)
     return Validation(None if errors else doc, tuple(errors))
 
 
@@ -100,6 +104,17 @@ def image_errors(doc: RunDocument, allowed: tuple[str, ...]) -> list[str]:
         for field, image in images.items()
         if not ok(image)
     ]
+
+
+def server_errors(doc: RunDocument, server: ServerVersion | None) -> list[str]:
+    """What this API server cannot do for the spec."""
+    if server is None or doc.spec.kubernetes.queue_name is None or server.has_job_suspend:
+        return []
+    message = (
+        f"spec.kubernetes.queueName: Kueue admits Jobs through Job.spec.suspend, which this API server ({server}) "
+        "does not have (Kubernetes 1.22+); remove queueName on this cluster"
+    )
+    return [message]
 
 
 def cluster_errors(doc: RunDocument) -> list[str]:
@@ -127,6 +142,11 @@ def cluster_errors(doc: RunDocument) -> list[str]:
     pods = {"rollout": k.rollout, "trainer": k.trainer, "prepare": k.prepare, "compile": k.compile}
     for name, options in pods.items():
         errors += _pod_option_errors(f"spec.kubernetes.{name}", options)
+    if k.rollout.active_deadline_seconds is not None:
+        errors.append(
+            "spec.kubernetes.rollout.activeDeadlineSeconds: rollout workers are a Deployment (they run until "
+            "training ends); set a deadline on spec.kubernetes.trainer instead"
+        )
     if spec.device == "cuda":
         # The pods that load a model in-process (a vLLM worker only loads a tokenizer).
         needs = ["trainer"] + (["compile"] if k.run_compile else [])
@@ -159,6 +179,11 @@ def _vllm_errors(doc: RunDocument) -> list[str]:
             f"spec.kubernetes.metricsPort: {v.port} is also spec.kubernetes.vllm.port; the worker and the "
             "vLLM server share the pod's network, pick two ports"
         )
+    if v.metrics_port in (v.port, doc.spec.kubernetes.metrics_port):
+        errors.append(
+            f"spec.kubernetes.vllm.metricsPort: {v.metrics_port} is also spec.kubernetes.vllm.port or "
+            "spec.kubernetes.metricsPort; the containers of a rollout pod share its network, pick distinct ports"
+        )
     for arg in v.extra_args:
         flag = arg.split("=", 1)[0]
         if flag in VLLM_MANAGED_FLAGS:
@@ -181,8 +206,11 @@ def _pod_option_errors(path: str, options: PodOptions) -> list[str]:
             errors.append(f"{path}.resources.{key}: must map resource names to quantities")
             continue
         for resource, quantity in value.items():
-            if resource == GPU_RESOURCE:
-                errors.append(f"{path}.resources.{key}: set GPUs with {path}.gpus, not {GPU_RESOURCE}")
+            if resource in (options.gpu_resource, "nvidia.com/gpu"):
+                errors.append(
+                    f"{path}.resources.{key}: set accelerators with {path}.gpus (and {path}.gpuResource), "
+                    f"not {resource}"
+                )
                 continue
             try:
                 parse_quantity(quantity)

@@ -12,6 +12,44 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True, order=True)
+class ServerVersion:
+    """The API server's Kubernetes version (GET /version), for the Job fields that depend on it. The default is
+    the oldest server the operator supports (1.20, the e2e control plane): no Job suspend, TTL or failure policy."""
+
+    major: int = 1
+    minor: int = 20
+
+    @classmethod
+    def parse(cls, version: Mapping[str, Any]) -> ServerVersion:
+        """From the /version body; managed clusters report minors such as "27+" (EKS, GKE)."""
+        digits = [("".join(ch for ch in str(version.get(key, "")) if ch.isdigit())) for key in ("major", "minor")]
+        if not all(digits):
+            raise ValueError(f"cannot read a Kubernetes version from {dict(version)!r}")
+        return cls(int(digits[0]), int(digits[1]))
+
+    def at_least(self, minor: int) -> bool:
+        return (self.major, self.minor) >= (1, minor)
+
+    @property
+    def has_job_suspend(self) -> bool:
+        """Job.spec.suspend: beta and on by default from 1.22 (alpha, off by default, in 1.21)."""
+        return self.at_least(22)
+
+    @property
+    def has_job_ttl(self) -> bool:
+        """ttlSecondsAfterFinished: beta and on by default from 1.21 (alpha before: the server drops it)."""
+        return self.at_least(21)
+
+    @property
+    def has_pod_failure_policy(self) -> bool:
+        """Job.spec.podFailurePolicy: beta and on by default from 1.26 (GA in 1.31)."""
+        return self.at_least(26)
+
+    def __str__(self) -> str:
+        return f"v{self.major}.{self.minor}"
+
+
 class JobState(enum.Enum):
     ACTIVE = "Active"  # created, not finished (pods pending, running, or being retried)
     COMPLETE = "Complete"
@@ -25,6 +63,9 @@ class ObservedJob:
     spec_hash: str | None = None
     reason: str = ""  # of the Failed condition
     message: str = ""
+    suspended: bool = False  # spec.suspend (Kubernetes 1.22+)
+    failed_pods: int = 0  # status.failed: pods of this Job that failed (each retry is a new pod)
+    queued: bool = False  # labelled kueue.x-k8s.io/queue-name: Kueue owns its spec.suspend
 
 
 @dataclass(frozen=True)
@@ -66,6 +107,7 @@ class Observed:
     jobs: Mapping[str, ObservedJob] = field(default_factory=dict)  # by step: prepare, trainer, compile, eval
     foreign: tuple[str, ...] = ()  # "Job/x-trainer", ...
     storage: ObservedStorage | None = None  # None: not read (invalid spec)
+    server: ServerVersion = field(default_factory=ServerVersion)
 
 
 @dataclass(frozen=True)
@@ -82,12 +124,21 @@ class Replace:
 
 
 @dataclass(frozen=True)
+class SuspendJob:
+    """Merge-patch a Job's spec.suspend (Kubernetes 1.22+): true stops its pods and keeps the Job, false
+    starts them again. The rest of a Job's spec is immutable, so this is a patch, not a Replace."""
+
+    name: str
+    suspend: bool
+
+
+@dataclass(frozen=True)
 class Delete:
     kind: str  # "Job" | "Deployment"
     name: str
 
 
-Action = Create | Replace | Delete
+Action = Create | Replace | SuspendJob | Delete
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Print the path of a real Prometheus server binary for tests (tests/integration/test_prometheus_scrape.py), fetching it
-# once from Debian WITHOUT installing it:
+# Print the path of a real Prometheus server binary (tests/integration/test_prometheus_scrape.py) or of its
+# promtool (tests/integration/test_alert_rules.py: `promtool test rules`), fetching both once from Debian WITHOUT
+# installing them:
 #
 #   bash scripts/testenv/prometheus.sh            -> /root/.cache/flowdpo/prometheus/2.42.0+ds-5+deb12u1/bin/prometheus
+#   bash scripts/testenv/prometheus.sh promtool   -> /root/.cache/flowdpo/prometheus/2.42.0+ds-5+deb12u1/bin/promtool
 #
 # Why not `apt-get install prometheus`: the package pulls in a system user, a systemd service that starts a
 # server on :9090 and a dozen JavaScript packages; tests only need the static Go binary. `apt-get download` +
@@ -12,6 +14,11 @@
 set -euo pipefail
 
 CACHE_ROOT=${FLOWDPO_CACHE:-$HOME/.cache/flowdpo}/prometheus
+tool=${1:-prometheus}
+case $tool in
+  prometheus|promtool) ;;
+  *) echo "usage: $0 [prometheus|promtool]" >&2; exit 2 ;;
+esac
 
 log() { echo "[prometheus.sh] $*" >&2; }
 
@@ -24,8 +31,8 @@ if [[ -z $version ]]; then
   version=$(candidate)
   if [[ -z $version || $version == "(none)" ]]; then
     cached=$(ls -1 "$CACHE_ROOT" 2>/dev/null | sort -V | tail -n 1 || true)
-    if [[ -n $cached && -x $CACHE_ROOT/$cached/bin/prometheus ]]; then
-      echo "$CACHE_ROOT/$cached/bin/prometheus"; exit 0
+    if [[ -n $cached && -x $CACHE_ROOT/$cached/bin/prometheus && -x $CACHE_ROOT/$cached/bin/promtool ]]; then
+      echo "$CACHE_ROOT/$cached/bin/$tool"; exit 0
     fi
     log "no prometheus candidate in the apt index: running apt-get update"
     apt-get update -qq >&2
@@ -38,9 +45,8 @@ if [[ -z $version || $version == "(none)" ]]; then
 fi
 
 dest=$CACHE_ROOT/$version
-binary=$dest/bin/prometheus
-if [[ -x $binary ]]; then
-  echo "$binary"; exit 0
+if [[ -x $dest/bin/prometheus && -x $dest/bin/promtool ]]; then
+  echo "$dest/bin/$tool"; exit 0
 fi
 
 work=$(mktemp -d)
@@ -54,11 +60,17 @@ dpkg-deb -x "$deb" "$work/root"
 mkdir -p "$CACHE_ROOT"
 staging=$(mktemp -d "$CACHE_ROOT/.staging.XXXXXX")
 mkdir -p "$staging/bin"
-cp "$work/root/usr/bin/prometheus" "$staging/bin/prometheus"
-chmod 0755 "$staging/bin/prometheus"
-"$staging/bin/prometheus" --version >/dev/null 2>&1 || { log "error: extracted binary does not run"; rm -rf "$staging"; exit 1; }
+for b in prometheus promtool; do
+  cp "$work/root/usr/bin/$b" "$staging/bin/$b"
+  chmod 0755 "$staging/bin/$b"
+  "$staging/bin/$b" --version >/dev/null 2>&1 || { log "error: extracted $b does not run"; rm -rf "$staging"; exit 1; }
+done
+# A cache of an older version of this script holds only bin/prometheus: replace it whole.
+if [[ -d $dest && ! -x $dest/bin/promtool ]]; then
+  rm -rf "$dest"
+fi
 if ! mv -T "$staging" "$dest" 2>/dev/null; then
   rm -rf "$staging"  # another call won the race; its copy is identical
 fi
-log "cached $binary"
-echo "$binary"
+log "cached $dest/bin/prometheus and promtool"
+echo "$dest/bin/$tool"

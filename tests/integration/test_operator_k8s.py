@@ -15,7 +15,7 @@ import kubernetes
 import pytest
 
 from flowdpo_operator import builders, k8s
-from flowdpo_operator.world import Create, Delete, JobState, Replace
+from flowdpo_operator.world import Create, Delete, JobState, Replace, ServerVersion, SuspendJob
 from tests.support.operator_support import NAMESPACE, OWNER, UID, run_doc
 
 TOKEN = "s3cr3t-token"
@@ -56,7 +56,8 @@ class FakeApi:
         config = kubernetes.client.Configuration(host=f"http://127.0.0.1:{self.server.server_port}")
         config.api_key = {"BearerToken": TOKEN}
         config.api_key_prefix = {"BearerToken": "Bearer"}
-        self.cluster = k8s.Cluster(kubernetes.client.ApiClient(config))
+        self.client = kubernetes.client.ApiClient(config)
+        self.cluster = k8s.Cluster(self.client)
 
     def close(self):
         self.server.shutdown()
@@ -165,14 +166,38 @@ def test_observe_reads_children_by_name_and_sets_aside_foreign_ones(api):
     api.routes[("GET", f"{JOBS}/demo-prepare")] = (200, job)
     api.routes[("GET", f"{JOBS}/demo-trainer")] = (200, stale)
     api.routes[("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps/demo-config")] = (200, cm)
-    observed = api.cluster.observe(NAMESPACE, "demo", UID)
+    api.routes[("GET", "/version")] = (200, {"major": "1", "minor": "27+", "gitVersion": "v1.27.3-eks-1"})
+    api.requests.clear()
+    observed = k8s.Cluster(api.client).observe(NAMESPACE, "demo", UID)
+    assert observed.server == ServerVersion(1, 27)
     assert set(observed.jobs) == {"prepare"} and observed.jobs["prepare"].state is JobState.COMPLETE
     assert observed.foreign == ("Job demo-trainer",)
     assert observed.config.resource_version == "7" and observed.config.run_yaml == cm["data"]["run.yaml"]
     assert observed.rollout is None
     assert sorted(r["path"].rsplit("/", 1)[1] for r in api.requests) == sorted(
-        ["demo-config", "demo-rollout", "demo-prepare", "demo-trainer", "demo-compile", "demo-eval"]
+        ["demo-config", "demo-rollout", "demo-weights", "demo-prepare", "demo-trainer", "demo-compile", "demo-eval",
+         "version"]
     )
+
+
+def test_the_server_version_is_read_once_and_an_unreadable_one_is_an_api_error(api):
+    api.routes[("GET", "/version")] = (200, {"major": "1", "minor": "29"})
+    cluster = k8s.Cluster(api.client)
+    assert cluster.server_version() == cluster.server_version() == ServerVersion(1, 29)
+    assert [r["path"] for r in api.requests].count("/version") == 1
+    api.routes[("GET", "/version")] = (200, {"gitVersion": "weird"})
+    with pytest.raises(k8s.ApiError, match="GET /version.*cannot read a Kubernetes version"):
+        k8s.Cluster(api.client).server_version()
+
+
+def test_suspend_job_is_a_merge_patch_of_spec_suspend(api):
+    api.routes[("PATCH", f"{JOBS}/demo-trainer")] = (200, {})
+    assert api.cluster.apply(NAMESPACE, SuspendJob("demo-trainer", True)) == "suspended Job demo-trainer"
+    req = api.requests[-1]
+    assert req["headers"]["content-type"] == "application/merge-patch+json"
+    assert req["body"] == {"spec": {"suspend": True}}
+    assert api.cluster.apply(NAMESPACE, SuspendJob("demo-trainer", False)) == "resumed Job demo-trainer"
+    assert api.requests[-1]["body"] == {"spec": {"suspend": False}}
 
 
 class TestObservations:
@@ -187,6 +212,12 @@ class TestObservations:
     )
     def test_job_state_from_conditions(self, status, state):
         assert k8s.observe_job({"metadata": {}, "status": status}).state is state
+
+    def test_suspended_and_failed_pods(self):
+        job = k8s.observe_job({"metadata": {}, "spec": {"suspend": True}, "status": {"failed": 2}})
+        assert (job.state, job.suspended, job.failed_pods) == (JobState.ACTIVE, True, 2)
+        done = k8s.observe_job({"metadata": {}, "status": {"failed": 1, "conditions": [{"type": "Complete", "status": "True"}]}})
+        assert (done.state, done.failed_pods) == (JobState.COMPLETE, 1)
 
     def test_failed_job_keeps_reason_and_message(self):
         job = k8s.observe_job({"metadata": {}, "status": {"conditions": [

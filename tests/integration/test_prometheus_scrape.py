@@ -329,3 +329,83 @@ def test_every_dashboard_query_returns_data_from_a_real_run(
     assert all(0.0 <= float(v) <= 1.0 for _, v in acc[0]["values"])
     scored = prom.query_range(f'max(flowdpo_examples_total{{run="{RUN}"}})', t_start, t_end)
     assert 0 < max(float(v) for _, v in scored[0]["values"]) <= progress["examples"]
+
+
+def _exporter(registry):
+    from prometheus_client import start_http_server
+
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return port, server, thread
+
+
+def test_gpu_and_vllm_panels_return_data_for_the_runs_pods_only(prometheus_binary, processes, tmp_path):
+    """The GPU (DCGM) and vLLM panels, run by a real Prometheus against exporters with the series names and
+    labels of dcgm-exporter and vLLM (served by prometheus_client here: no GPU and no vLLM server run in this
+    test; the names are checked against vLLM's own code in tests/packaging/test_dashboard.py). The vLLM pages
+    are scraped through the rollout pod's real relay (`flowdpo metrics-proxy`), as the PodMonitor does. Each
+    query returns finite values, and only for the pods of the selected run, not for another run's pod."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from tests.support.dashboard_queries import external_targets
+
+    pods = {"trainer": f"{RUN}-trainer-x7k2p", "rollout": f"{RUN}-rollout-5d9c7f-abcde", "other": "other-rollout-1-a"}
+    gpu_labels = ["gpu", "UUID", "modelName", "Hostname"]
+    dcgm = {"DCGM_FI_DEV_GPU_UTIL": 87, "DCGM_FI_DEV_FB_USED": 61000, "DCGM_FI_DEV_FB_FREE": 19000,
+            "DCGM_FI_DEV_POWER_USAGE": 512.5, "DCGM_FI_DEV_GPU_TEMP": 66, "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE": 0.42}
+    stop, servers, targets_ = threading.Event(), [], {}
+    flowdpo = str(Path(sys.executable).parent / "flowdpo")
+    for role, pod in pods.items():
+        r = CollectorRegistry()
+        for name, value in dcgm.items():
+            Gauge(name, name, gpu_labels, registry=r).labels("0", f"GPU-{pod}", "NVIDIA H100 80GB HBM3", "n1").set(value)
+        servers.append(_exporter(r))
+        targets_[servers[-1][0]] = {"namespace": NAMESPACE, "pod": pod}
+        if role == "trainer":
+            continue
+        v = CollectorRegistry()
+        labels = ["model_name", "engine"]
+        Gauge("vllm:num_requests_running", "running", labels, registry=v).labels("m", "0").set(24)
+        Gauge("vllm:num_requests_waiting", "waiting", labels, registry=v).labels("m", "0").set(3)
+        Gauge("vllm:kv_cache_usage_perc", "kv", labels, registry=v).labels("m", "0").set(0.73)
+        prompt = Counter("vllm:prompt_tokens", "prompt", labels, registry=v).labels("m", "0")
+        generated = Counter("vllm:generation_tokens", "generated", labels, registry=v).labels("m", "0")
+        ttft = Histogram("vllm:time_to_first_token_seconds", "ttft", labels, registry=v).labels("m", "0")
+
+        def serve(prompt=prompt, generated=generated, ttft=ttft):
+            while not stop.wait(0.1):
+                prompt.inc(300)
+                generated.inc(40)
+                ttft.observe(0.08)
+
+        threading.Thread(target=serve, daemon=True).start()
+        servers.append(_exporter(v))
+        relay = free_port()
+        processes.start(f"relay-{role}", [flowdpo, "metrics-proxy", "--upstream",
+                                          f"http://127.0.0.1:{servers[-1][0]}/metrics", "--metrics-port", str(relay),
+                                          "--metrics-addr", "127.0.0.1"])
+        targets_[relay] = {"namespace": NAMESPACE, "pod": pod}
+    try:
+        prom = Prometheus(prometheus_binary, processes, tmp_path, targets_)
+        prom.wait_ready()
+        counts = 'count_over_time(vllm:generation_tokens_total[1m])'
+        prom.wait_until("20 s of vLLM samples of both rollout pods",
+                        lambda: (r := prom.query(counts)) and len(r) == 2 and min(float(s["value"][1]) for s in r) >= 20)
+        values = {"namespace": NAMESPACE, "run": RUN}
+        queries = external_targets(load_dashboard())
+        assert len(queries) >= 10
+        for target in queries:
+            result = prom.query(substitute(target.expr, values))
+            assert result, f"{target}: no series"
+            for s in result:
+                assert math.isfinite(float(s["value"][1])), f"{target}: {s}"
+                assert s["metric"].get("pod", f"{RUN}-").startswith(f"{RUN}-"), f"{target} shows another run: {s}"
+            if "rollout|trainer" in target.expr:  # the GPU panels cover both kinds of pods
+                assert {s["metric"]["pod"] for s in result} == {pods["trainer"], pods["rollout"]}, target
+    finally:
+        stop.set()
+        for _, server, thread in servers:
+            server.shutdown()
+            server.server_close()

@@ -25,7 +25,7 @@ RUN_RULES = {
     ("flowdpo.dev", "flowdporuns"): {"get", "list", "watch", "patch"},
     ("flowdpo.dev", "flowdporuns/status"): {"patch"},
     ("", "configmaps"): {"get", "create", "update"},
-    ("batch", "jobs"): {"get", "create", "delete"},
+    ("batch", "jobs"): {"get", "create", "patch", "delete"},
     ("apps", "deployments"): {"get", "create", "update", "delete"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
@@ -39,14 +39,15 @@ DISCOVERY_RULES = {
 CLUSTER_PEERING = {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
 NAMESPACED_PEERING = {("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
 SAMPLE_RUN = CHART.parent.parent / "examples" / "k8s" / "quickstart.yaml"
+VLLM_SAMPLE_RUN = CHART.parent.parent / "examples" / "k8s" / "llama3-8b-metamathqa.yaml"
 
 
-def run_pod_templates() -> dict[str, dict]:
-    """The pod templates the operator builds for the cluster sample run, by component (its real builders)."""
+def run_pod_templates(sample=SAMPLE_RUN) -> dict[str, dict]:
+    """The pod templates the operator builds for a cluster sample run, by component (its real builders)."""
     from flowdpo.spec import load_document
     from flowdpo_operator import builders
 
-    doc = load_document(SAMPLE_RUN)
+    doc = load_document(sample)
     owner = builders.Owner(doc.name, "team-a", "0000-uid")
     pods = {step: builders.job(doc, owner, step)["spec"]["template"] for step in builders.JOB_STEPS}
     pods["rollout"] = builders.rollout_deployment(doc, owner)["spec"]["template"]
@@ -114,6 +115,7 @@ VARIANTS = {
         "podMonitor": {"enabled": True},
         "metrics": {"enabled": True},
         "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
     },
     "no-dashboards-no-rbac": {"dashboards": {"enabled": False}, "rbac": {"create": False}},
 }
@@ -334,13 +336,18 @@ class TestMonitors:
         assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert pm["spec"]["namespaceSelector"] == {"any": True}
         selector = pm["spec"]["selector"]["matchLabels"]
-        [port] = [e["port"] for e in pm["spec"]["podMetricsEndpoints"]]
-        scraped = set()
-        for component, pod in run_pod_templates().items():
-            assert selector.items() <= pod["metadata"]["labels"].items(), f"{component} pods are not selected"
-            if any(p["name"] == port for c in pod["spec"]["containers"] for p in c.get("ports", [])):
-                scraped.add(component)
-        assert scraped == {"rollout", "trainer"}, "workers and the trainer serve metrics on the named port"
+        ports = [e["port"] for e in pm["spec"]["podMetricsEndpoints"]]
+        assert ports == ["metrics", "vllm-metrics"]
+        for sample, expected in ((SAMPLE_RUN, {"metrics": {"rollout", "trainer"}, "vllm-metrics": set()}),
+                                 (VLLM_SAMPLE_RUN, {"metrics": {"rollout", "trainer"}, "vllm-metrics": {"rollout"}})):
+            scraped = {port: set() for port in ports}
+            for component, pod in run_pod_templates(sample).items():
+                assert selector.items() <= pod["metadata"]["labels"].items(), f"{component} pods are not selected"
+                for port in ports:
+                    if any(p["name"] == port for c in pod["spec"]["containers"] for p in c.get("ports", [])):
+                        scraped[port].add(component)
+            # workers and the trainer serve ours; a vLLM rollout pod also relays the vLLM server's own
+            assert scraped == expected, sample.name
         operator_pod = render(chart).one("Deployment")["spec"]["template"]["metadata"]["labels"]
         assert not selector.items() <= operator_pod.items(), "the PodMonitor must not select the operator"
 
@@ -390,13 +397,16 @@ class TestNetworkPolicy:
         runs = policies[f"{RELEASE}-runs"]
         assert runs["metadata"]["namespace"] == NAMESPACE
         assert runs["spec"]["policyTypes"] == ["Ingress"]
-        assert runs["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+        assert runs["spec"]["ingress"] == [
+            {"ports": [{"port": "metrics", "protocol": "TCP"}, {"port": "vllm-metrics", "protocol": "TCP"}]}
+        ]
         selector = runs["spec"]["podSelector"]["matchLabels"]
-        for component, pod in run_pod_templates().items():
+        pods = [*run_pod_templates().items(), *run_pod_templates(VLLM_SAMPLE_RUN).items()]
+        for component, pod in pods:
             assert selector.items() <= pod["metadata"]["labels"].items(), f"{component} pods are not covered"
             for c in pod["spec"]["containers"]:
-                # what listens beyond the pod is the named metrics port, the one port the policy admits
-                assert {p["name"] for p in c.get("ports", [])} <= {"metrics"}
+                # what listens beyond the pod is the named metrics ports, the ports the policy admits
+                assert {p["name"] for p in c.get("ports", [])} <= {"metrics", "vllm-metrics"}
                 if c["name"] == "vllm":
                     assert c["command"][c["command"].index("--host") + 1] == "127.0.0.1"
         operator = policies[f"{RELEASE}-operator"]

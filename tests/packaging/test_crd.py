@@ -39,6 +39,8 @@ def test_schema_is_structural():
                 assert "type" in sub or sub.get("x-kubernetes-preserve-unknown-fields"), f"{path}.{name} has no type"
         if key in ("exclusiveMinimum", "exclusiveMaximum"):
             assert value is True
+        if key == "default":
+            assert value not in (None, ""), f"{path}: Kubernetes 1.20 refuses a CRD with a null or '' default"
 
 
 def test_schema_carries_defaults_bounds_and_enums_of_the_pydantic_model():

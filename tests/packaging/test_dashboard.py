@@ -9,6 +9,8 @@ queries against a real Prometheus scraping a real run.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,8 @@ from tests.support.dashboard_queries import (
     DASHBOARD_DIR,
     TARGET_LABELS,
     aggregation_labels,
+    external_metric_names,
+    external_targets,
     label_values_query,
     load_dashboard,
     metric_families,
@@ -154,3 +158,46 @@ def test_panels_are_laid_out_without_overlap():
                 cells[(x, y)] = panel["title"]
         refs = [t["refId"] for t in panel.get("targets", [])]
         assert len(set(refs)) == len(refs), f"{panel['title']}: duplicate refIds"
+
+
+# The GPU and vLLM panels read other exporters' series. DCGM fields: dcgm-exporter's default counters (and the
+# DCP profiling field for tensor activity); vLLM names: the ones its metrics code declares (checked below).
+DCGM_FIELDS = {
+    "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_PROF_PIPE_TENSOR_ACTIVE",
+}
+EXTERNAL = external_targets(DASHBOARD_JSON)
+
+
+def test_gpu_and_vllm_panels_exist():
+    names = {n for t in EXTERNAL for n in external_metric_names(t.expr)}
+    assert DCGM_FIELDS <= names, "the GPU panels (DCGM)"
+    assert {"vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:generation_tokens_total",
+            "vllm:time_to_first_token_seconds_bucket"} <= names, "the vLLM server panels"
+    assert all(external_metric_names(t.expr) for t in EXTERNAL), "every query reads flowdpo, DCGM or vLLM series"
+
+
+@pytest.mark.parametrize("target", EXTERNAL, ids=str)
+def test_external_metric_names_are_real(target):
+    """vLLM names: declared in the installed vLLM's metrics code (counters get `_total`, histograms
+    `_bucket`); DCGM names: the fields listed above."""
+    import importlib.util
+
+    for name in external_metric_names(target.expr):
+        if name.startswith("DCGM_"):
+            assert name in DCGM_FIELDS, f"{target}: {name} is not a DCGM field this dashboard knows"
+            continue
+        spec = importlib.util.find_spec("vllm")
+        if spec is None:
+            pytest.skip("vLLM is not installed: its metric names cannot be checked")
+        source = "".join(p.read_text() for p in (Path(spec.origin).parent / "v1" / "metrics").glob("*.py"))
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert f'"{base}"' in source, f"{target}: vLLM declares no metric {base!r}"
+
+
+@pytest.mark.parametrize("target", EXTERNAL, ids=str)
+def test_external_queries_select_the_runs_pods(target):
+    """Other exporters know no `run`: the queries select the run's pods by name (<run>-<component>-...)."""
+    assert 'namespace=~"$namespace"' in target.expr and 'pod=~"($run)-' in target.expr, target
+    values = {name: "x" for name in variables(DASHBOARD_JSON)}
+    assert "$" not in substitute(target.expr, values), target

@@ -50,7 +50,7 @@ def _secret() -> dict:
 
 
 def test_the_samples_are_all_here():
-    assert RUN_FILES == ["llama3-8b-metamathqa.yaml", "quickstart.yaml"]
+    assert RUN_FILES == ["llama3-8b-kueue.yaml", "llama3-8b-metamathqa.yaml", "quickstart.yaml"]
     assert (SAMPLES / "README.md").is_file()
 
 
@@ -158,3 +158,37 @@ def test_learning_experiment_control_differs_from_the_main_run_only_in_the_swapp
     assert a == b
     assert main.spec.compile.evaluation.flow_samples >= 4
     assert [s.num_questions for s in main.spec.compile.evaluation.sets] == [400]
+
+
+def test_kueue_run_is_the_papers_run_admitted_by_kueue_with_a_model_cache():
+    """llama3-8b-kueue.yaml trains exactly what llama3-8b-metamathqa.yaml trains; on a 1.22+ server its
+    children carry the LocalQueue of kueue-setup.yaml, its Jobs start suspended, and the weights come from the
+    setup's claim."""
+    from flowdpo_operator import builders
+    from flowdpo_operator.world import ServerVersion
+
+    kueue, paper = _doc("llama3-8b-kueue.yaml"), _doc("llama3-8b-metamathqa.yaml")
+    assert kueue.spec.training_identity() == paper.spec.training_identity()
+    setup = {(o["kind"], o["metadata"]["name"]): o for o in _raw("kueue-setup.yaml")["items"]}
+    k = kueue.spec.kubernetes
+    queue = setup[("LocalQueue", k.queue_name)]
+    cluster_queue = setup[("ClusterQueue", queue["spec"]["clusterQueue"])]
+    assert ("PersistentVolumeClaim", k.model_cache.claim_name) in setup
+    assert ("PriorityClass", k.trainer.priority_class_name) in setup
+    (group,) = cluster_queue["spec"]["resourceGroups"]
+    (flavor,) = group["flavors"]
+    assert ("ResourceFlavor", flavor["name"]) in setup
+    quota = {r["name"]: r["nominalQuota"] for r in flavor["resources"]}
+    training_gpus = kueue.spec.rollout.replicas * k.rollout.gpus + k.trainer.gpus
+    assert quota["nvidia.com/gpu"] >= training_gpus, "the quota must fit the run while it trains"
+    owner = builders.Owner(kueue.name, "default", "uid")
+    server = ServerVersion(1, 30)
+    trainer = builders.job(kueue, owner, "trainer", server)
+    assert trainer["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert trainer["spec"]["suspend"] is True and trainer["spec"]["activeDeadlineSeconds"] == 259200
+    assert trainer["spec"]["podFailurePolicy"]["rules"][-1]["onExitCodes"]["values"] == [2]
+    rollout = builders.rollout_deployment(kueue, owner)
+    assert rollout["spec"]["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-models", "readOnly": True}} in (
+        rollout["spec"]["template"]["spec"]["volumes"]
+    )

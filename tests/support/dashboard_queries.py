@@ -72,13 +72,30 @@ def panels(dashboard: dict) -> Iterator[dict]:
         yield from panel.get("panels", [])
 
 
-def targets(dashboard: dict) -> list[Target]:
+def all_targets(dashboard: dict) -> list[Target]:
     return [
         Target(p["title"], t["refId"], t["expr"], t.get("datasource"))
         for p in panels(dashboard)
         for t in p.get("targets", [])
         if "expr" in t
     ]
+
+
+def targets(dashboard: dict) -> list[Target]:
+    """The queries of flowdpo's own metrics (flowdpo_*)."""
+    return [t for t in all_targets(dashboard) if metric_names(t.expr)]
+
+
+def external_targets(dashboard: dict) -> list[Target]:
+    """The queries of other exporters' metrics: the GPUs (dcgm-exporter, DCGM_*) and the vLLM servers (vllm:*)."""
+    return [t for t in all_targets(dashboard) if not metric_names(t.expr)]
+
+
+_EXTERNAL_RE = re.compile(r"\b(DCGM_FI_[A-Z0-9_]+|vllm:[a-z0-9_:]+)")
+
+
+def external_metric_names(expr: str) -> set[str]:
+    return set(_EXTERNAL_RE.findall(expr))
 
 
 def variables(dashboard: dict) -> dict[str, dict]:

@@ -167,7 +167,7 @@ class TestJob:
         c = container(body, step)
         args = parse_flowdpo_command(c["command"])
         assert args.file == RUN_FILE
-        assert c["command"][1] == step
+        assert c["command"][1] == ("prefetch" if step == "weights" else step)
         if step == "trainer":
             assert args.metrics_port == 9400
             assert c["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
@@ -186,7 +186,7 @@ class TestJob:
 
     @pytest.mark.parametrize("gpus", [0, 1, 8])
     def test_gpus_resources_and_scheduling_come_from_the_steps_pod_options(self, step, gpus):
-        section = {"prepare": "prepare", "trainer": "trainer", "compile": "compile", "eval": "compile"}[step]
+        section = {"weights": "prepare", "prepare": "prepare", "trainer": "trainer", "compile": "compile", "eval": "compile"}[step]
         options = {"gpus": gpus, "resources": {"requests": {"cpu": "2", "memory": "8Gi"}}, **SCHEDULING}
         doc = run_doc({"kubernetes": {section: options, "imagePullSecrets": ["regcred"]}})
         body = builders.job(doc, OWNER, step)
@@ -252,8 +252,13 @@ class TestRolloutDeployment:
         )  # fmt: skip
         body = builders.rollout_deployment(doc, OWNER)
         spec = pod_spec(body)
-        assert [c["name"] for c in spec["containers"]] == ["vllm", "worker"]
+        assert [c["name"] for c in spec["containers"]] == ["vllm", "worker", "vllm-metrics"]
         vllm, worker = container(body, "vllm"), container(body, "worker")
+        # vLLM's own /metrics leave the pod through a read-only relay on a port of its own.
+        relay = container(body, "vllm-metrics")
+        relay_args = parse_flowdpo_command(relay["command"])
+        assert relay_args.upstream == "http://127.0.0.1:8100/metrics" and relay_args.metrics_port == 9401
+        assert relay["ports"] == [{"name": "vllm-metrics", "containerPort": 9401, "protocol": "TCP"}]
 
         args = parse_flowdpo_command(worker["command"])
         assert args.vllm_url == "http://127.0.0.1:8100" and args.adapter_dir == ADAPTER_DIR

@@ -13,15 +13,24 @@ from prometheus_client import generate_latest
 from flowdpo_operator import builders, k8s
 from flowdpo_operator.controller import Controller, rfc3339
 from flowdpo_operator.metrics import OperatorMetrics
-from flowdpo_operator.world import Create, Delete, Observed, ObservedStorage, Replace
+from flowdpo_operator.world import (
+    Create,
+    Delete,
+    Observed,
+    ObservedStorage,
+    Replace,
+    ServerVersion,
+    SuspendJob,
+)
 from tests.support.operator_support import NAMESPACE, UID, run_body
 
 
 class MemoryCluster:
     """The `k8s.Cluster` interface over dicts, counting calls."""
 
-    def __init__(self, run, secrets=None):
+    def __init__(self, run, secrets=None, server=None):
         self.run = run
+        self.server = server or ServerVersion()
         self.objects: dict[tuple[str, str], dict] = {}
         self.secrets = secrets or {}
         self.calls: list[str] = []
@@ -38,7 +47,11 @@ class MemoryCluster:
             config=k8s.observe_config_map(cm) if cm else None,
             rollout=k8s.observe_deployment(dep) if dep else None,
             jobs={s: k8s.observe_job(o) for s in builders.JOB_STEPS if (o := get("Job", s))},
+            server=self.server,
         )
+
+    def server_version(self):
+        return self.server
 
     def read_secret(self, namespace, name):
         self.calls.append(f"read_secret {name}")
@@ -51,6 +64,8 @@ class MemoryCluster:
             self.objects[(body["kind"], body["metadata"]["name"])] = body
         elif isinstance(action, Delete):
             self.objects.pop((action.kind, action.name), None)
+        elif isinstance(action, SuspendJob):
+            self.objects[("Job", action.name)]["spec"]["suspend"] = action.suspend
         return f"{type(action).__name__}"
 
     def patch_status(self, namespace, name, status):
@@ -71,8 +86,8 @@ class ProgressReader:
 SECRET = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000"}
 
 
-def controller_for(body, *, secrets=None, progress=None):
-    cluster = MemoryCluster(body, secrets if secrets is not None else {"flowdpo-storage": SECRET})
+def controller_for(body, *, secrets=None, progress=None, server=None):
+    cluster = MemoryCluster(body, secrets if secrets is not None else {"flowdpo-storage": SECRET}, server)
     reader = ProgressReader(progress)
     clock = lambda: dt.datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=dt.timezone.utc)
     return Controller(cluster, OperatorMetrics(), progress_reader=reader, clock=clock), cluster, reader
@@ -201,3 +216,101 @@ def test_in_cluster_login_uses_the_address_the_kubelet_gives_every_pod(env, serv
     from flowdpo_operator.handlers import in_cluster_server
 
     assert in_cluster_server(env) == server
+def _set_suspend(cluster, value):
+    cluster.run["spec"]["suspend"] = value
+    cluster.run["metadata"]["generation"] += 1
+
+
+@pytest.mark.parametrize("minor", [20, 21, 22, 30])
+def test_suspend_uses_job_spec_suspend_where_the_server_has_it_and_deletes_the_job_elsewhere(minor):
+    """Kubernetes 1.22+ (Job.spec.suspend on by default): suspend patches the Job, which stays, and resume
+    unpatches it. Older servers (the e2e control plane is 1.20): the Job is deleted and recreated on resume."""
+    server = ServerVersion(1, minor)
+    ctl, cluster, _ = controller_for(run_body(), server=server)
+    ctl.sync(NAMESPACE, "demo")
+    created = cluster.objects[("Job", "demo-prepare")]
+    assert "suspend" not in created["spec"]  # not Kueue-managed: it starts at once
+    _set_suspend(cluster, True)
+    ctl.sync(NAMESPACE, "demo")
+    suspended = cluster.run["status"]["conditions"]
+    condition = next(c for c in suspended if c["type"] == "Suspended")
+    if server.has_job_suspend:
+        assert cluster.objects[("Job", "demo-prepare")]["spec"]["suspend"] is True
+        assert "suspended (Job.spec.suspend)" in condition["message"]
+    else:
+        assert ("Job", "demo-prepare") not in cluster.objects
+        assert "Job deleted" in condition["message"]
+    ctl.sync(NAMESPACE, "demo")  # steady: nothing more to do while suspended
+    _set_suspend(cluster, False)
+    ctl.sync(NAMESPACE, "demo")
+    job = cluster.objects[("Job", "demo-prepare")]
+    assert job["spec"].get("suspend") in (None, False)
+    assert cluster.run["status"]["phase"] == "Preparing"
+
+
+def test_a_kueue_run_starts_its_jobs_suspended_and_is_deleted_not_patched_on_suspend():
+    """Kueue owns spec.suspend of the Jobs it manages (it starts an admitted Job again), so a suspended run
+    deletes its Job (the Workload and its quota go with it) and a new one queues on resume."""
+    body = run_body({"kubernetes": {"queueName": "team-a-gpus"}})
+    ctl, cluster, _ = controller_for(body, server=ServerVersion(1, 29))
+    ctl.sync(NAMESPACE, "demo")
+    job = cluster.objects[("Job", "demo-prepare")]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    ctl.sync(NAMESPACE, "demo")  # Kueue has not admitted it yet: the operator leaves spec.suspend alone
+    assert cluster.objects[("Job", "demo-prepare")]["spec"]["suspend"] is True
+    prepared = next(c for c in cluster.run["status"]["conditions"] if c["type"] == "Prepared")
+    assert "waits for Kueue to admit it" in prepared["message"] and "team-a-gpus" in prepared["message"]
+    _set_suspend(cluster, True)
+    ctl.sync(NAMESPACE, "demo")
+    assert ("Job", "demo-prepare") not in cluster.objects
+
+
+def test_a_kueue_run_on_a_server_without_job_suspend_fails_naming_the_field():
+    ctl, cluster, _ = controller_for(run_body({"kubernetes": {"queueName": "q"}}), server=ServerVersion(1, 20))
+    decision = ctl.sync(NAMESPACE, "demo")
+    assert decision.invalid and cluster.objects == {}
+    (error,) = decision.invalid
+    assert error.startswith("spec.kubernetes.queueName:") and "v1.20" in error and "1.22" in error
+
+
+def test_server_version_parsing():
+    assert ServerVersion.parse({"major": "1", "minor": "27+", "gitVersion": "v1.27.3-eks"}) == ServerVersion(1, 27)
+    assert ServerVersion.parse({"major": "1", "minor": "20"}).has_job_ttl is False
+    assert ServerVersion(1, 21).has_job_ttl and not ServerVersion(1, 21).has_job_suspend
+    assert ServerVersion(1, 26).has_pod_failure_policy and not ServerVersion(1, 25).has_pod_failure_policy
+    with pytest.raises(ValueError, match="cannot read a Kubernetes version"):
+        ServerVersion.parse({"major": "", "minor": "x"})
+
+
+def test_failed_pods_of_each_step_job_are_exported_and_dropped_with_the_job():
+    """flowdpo_job_failed_pods (the PrometheusRule's FlowDPOJobPodsFailing reads it) mirrors each Job's
+    status.failed; a Job deleted (a retried step) or a run forgotten drops its series."""
+    ctl, cluster, _ = controller_for(run_body())
+    ctl.sync(NAMESPACE, "demo")
+    cluster.objects[("Job", "demo-prepare")]["status"] = {"failed": 2, "active": 1}
+    ctl.sync(NAMESPACE, "demo")
+    text = generate_latest(ctl.metrics.registry).decode()
+    assert f'flowdpo_job_failed_pods{{run="demo",run_namespace="{NAMESPACE}",step="prepare"}} 2.0' in text
+    del cluster.objects[("Job", "demo-prepare")]
+    cluster.run["metadata"]["generation"] += 1  # (any later sync observes the Job gone)
+    ctl.sync(NAMESPACE, "demo")
+    text = generate_latest(ctl.metrics.registry).decode()
+    assert 'step="prepare"} 2.0' not in text
+    ctl.metrics.forget(NAMESPACE, "demo")
+    assert "flowdpo_job_failed_pods{" not in generate_latest(ctl.metrics.registry).decode()
+
+
+def test_each_jobs_own_queue_label_decides_how_it_is_suspended():
+    """A Job suspended through spec.suspend before queueName was set has no queue label: Kueue will not start
+    it, so resuming the run unsuspends it; Jobs created after carry the label and start suspended."""
+    ctl, cluster, _ = controller_for(run_body(), server=ServerVersion(1, 28))
+    ctl.sync(NAMESPACE, "demo")
+    _set_suspend(cluster, True)
+    ctl.sync(NAMESPACE, "demo")
+    assert cluster.objects[("Job", "demo-prepare")]["spec"]["suspend"] is True
+    cluster.run["spec"]["kubernetes"] = {"queueName": "gpu-queue"}
+    _set_suspend(cluster, False)
+    ctl.sync(NAMESPACE, "demo")
+    job = cluster.objects[("Job", "demo-prepare")]
+    assert job["spec"]["suspend"] is False and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]

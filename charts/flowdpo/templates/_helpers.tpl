@@ -81,7 +81,8 @@ operator/README.md, verified there against a real API server).
   flowdporuns            kopf lists/watches runs and patches its annotations; every sync GETs the current run
   flowdporuns/status     patch: phase, conditions and progress mirrored from progress.json
   configmaps             <run>-config (update: replaced on a spec change)
-  jobs                   prepare / trainer / compile / eval (delete: spec.suspend)
+  jobs                   weights / prepare / trainer / compile / eval (patch: spec.suspend on 1.22+; delete: suspend
+                         on older servers and of Kueue-managed Jobs)
   deployments            <run>-rollout (update: scale and spec changes; delete after training)
   secrets                get: the run's spec.storage.secretName, to read progress.json ("flowdpo.secretRules":
                          watched namespaces only, or cluster-wide with rbac.clusterWideSecrets)
@@ -101,7 +102,7 @@ flowdporuns/finalizers (the children's ownerReferences do not set blockOwnerDele
   verbs: ["get", "create", "update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "create", "update", "delete"]
