@@ -67,9 +67,10 @@ def test_flowdpo_run_on_vllm_chains_trains_and_verifies_each_version(server, tmp
             "kind": "FlowDPORun",
             "metadata": {"name": "vllm-local"},
             "spec": {
-                "flow": {"chunkTokens": 16, "maxChunks": 3, "temperature": 1.0},
+                # The quickstart's flow (answers fit in 3 x 64 tokens, so some are right and pairs are mined).
+                "flow": {"chunkTokens": 64, "maxChunks": 3, "temperature": 0.7},
                 "training": {"learningRate": 1e-3, "beta": 0.5, "batchSize": 1, "microBatchSize": 4},
-                "data": {"numExamples": 8, "shardSize": 4, "seed": 2},
+                "data": {"numExamples": 8, "shardSize": 4, "seed": 0},
                 "baselines": {"untrainedFlow": True, "zeroShot": True},
                 "rollout": {"backend": "vllm", "inFlight": 24},
                 "storage": {"uri": f"file://{tmp_path}/run"},
@@ -145,3 +146,60 @@ spec:
     _versions_of_pairs_match_their_examples(c.store, run["manifest"]["shards"])
     log = (tmp_path / "w2.log").read_text()
     assert "already serves" in log, "w2 never met the dead worker's adapter names on the server"
+
+
+def test_an_adapter_the_server_does_not_serve_as_trained_is_caught_by_its_canary(server, tmp_path):
+    """A load that 'succeeds' but leaves the server on other weights (here: version 2's folder holding
+    version 1's weights) fails its canary: the deviation, the failure counter, `adaptersInSync` false."""
+    import torch
+
+    from flowdpo.flow.prompts import PromptBuilder
+    from flowdpo.flow.vllm_backend import VLLMBackend
+    from flowdpo.metrics import Metrics
+    from flowdpo.models import load_base_model, resolve_model_path
+    from flowdpo.run.progress import adapters_in_sync
+    from flowdpo.run.worker import sync_adapters
+    from flowdpo.spec import FlowSpec, LoraSpec
+    from flowdpo.train import canary
+    from flowdpo.train.adapters import adapter_files, attach_adapters
+
+    model, tok = load_base_model(ModelSpec())
+    model = attach_adapters(model, LoraSpec(), seed=0)
+    prompts = PromptBuilder(tok, FlowSpec())
+    store = open_store(f"file://{tmp_path}/run")
+
+    def version(v: int) -> dict[str, bytes]:  # what the trainer publishes: weights + canary
+        g = torch.Generator().manual_seed(v)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n and ".answer." in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        return {**adapter_files(model, "answer"), canary.CANARY_FILE: canary.expected(model, prompts, "answer", v)}
+
+    v1, v2 = version(1), version(2)
+    backend = VLLMBackend(server.url, prompts.eos_ids, tmp_path / "adapters", model_path=resolve_model_path(ModelSpec()),
+                          name_prefix="canary-")  # fmt: skip
+    metrics = Metrics("canary")
+    sample = metrics.registry.get_sample_value
+    try:
+        for fname, data in v1.items():
+            store.put(f"{RunLayout.adapter('answer', 1)}/{fname}", data)
+        store.put_json(RunLayout.adapters_latest, {"answer": 1, "stop": 0})
+        sync_adapters(store, backend, metrics, "w-good")
+        good = sample("flowdpo_adapter_canary_deviation", {"run": "canary", "adapter": "answer"})
+        assert good <= canary.TOLERANCE and sample("flowdpo_adapters_in_sync", {"run": "canary"}) == 1.0
+
+        broken = {**v1, canary.CANARY_FILE: v2[canary.CANARY_FILE]}  # v2 announced, v1's weights delivered
+        for fname, data in broken.items():
+            store.put(f"{RunLayout.adapter('answer', 2)}/{fname}", data)
+        store.put_json(RunLayout.adapters_latest, {"answer": 2, "stop": 0})
+        sync_adapters(store, backend, metrics, "w-good")
+        bad = sample("flowdpo_adapter_canary_deviation", {"run": "canary", "adapter": "answer"})
+        print(f"canary deviation: delivered {good:.3f}, not delivered {bad:.3f} (tolerance {canary.TOLERANCE})")
+        assert bad > canary.TOLERANCE
+        assert sample("flowdpo_adapter_canary_failures_total", {"run": "canary", "adapter": "answer"}) == 1
+        assert sample("flowdpo_adapters_in_sync", {"run": "canary"}) == 0.0
+        state = adapters_in_sync(store)
+        assert state["inSync"] is False and state["notInSync"] == ["w-good"] and state["maxDeviation"] > canary.TOLERANCE
+    finally:
+        backend.close()
