@@ -65,7 +65,12 @@ class Metrics:
         )
         self.leases_lost = Counter("flowdpo_shard_leases_lost_total", "Claims lost to a takeover while processing", L, registry=r)
         self.pending_shards = Gauge(
-            "flowdpo_pending_shards", "Finished shards waiting for the trainer (bounded by rollout.maxPendingShards)", L, registry=r
+            "flowdpo_pending_shards", "Finished shards waiting for the trainer", L, registry=r
+        )
+        self.pending_allowed = Gauge(
+            "flowdpo_pending_shards_allowed",
+            "Finished shards allowed to wait: ceil(trainer shards/s x rollout.pendingSeconds), 1..rollout.maxPendingShards",
+            L, registry=r,
         )
         self.phase = Gauge("flowdpo_run_phase", "1 for the run's current phase", ["run", "phase"], registry=r)
         # Export the series of this process's own events from the start (at 0): rate() and increase() only

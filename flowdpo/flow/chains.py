@@ -178,6 +178,7 @@ def run_chains(
             ex.work.done(r, ex.versions)
 
     pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="chain")
+    failed = True
     try:
         while True:
             while len(running) < in_flight:
@@ -197,6 +198,7 @@ def run_chains(
                 admitted += 1
             if not running:
                 if exhausted and not ready:
+                    failed = False
                     return admitted
                 source.idle(poll_seconds)
                 continue
@@ -207,6 +209,5 @@ def run_chains(
                 if on_step is not None:
                     on_step()
     finally:
-        for fut in running:
-            fut.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # On an error (or SIGTERM) do not wait for the requests still out: the caller releases its claims now.
+        pool.shutdown(wait=not failed, cancel_futures=True)

@@ -148,7 +148,9 @@ def run_worker(
         waiting = sum(1 for s in done if s >= consumed)
         metrics.pending_shards.labels(run).set(waiting)
         claim = None
-        if waiting < pace.allowed(spec.rollout):
+        allowed = pace.allowed(spec.rollout)
+        metrics.pending_allowed.labels(run).set(allowed)
+        if waiting < allowed:
             claim = claims.claim_next(range(consumed, total), done)
         if claim is None:
             if not announced[0]:
