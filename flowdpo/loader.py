@@ -167,6 +167,7 @@ def make_backend(
             model_path=model_path,
             lora=spec.lora,
             server_adapter_dir=server_adapter_dir or os.environ.get("FLOWDPO_SERVER_ADAPTER_DIR"),
+            max_concurrency=max(64, spec.rollout.in_flight),  # one connection per in-flight request chain
         )
         backend.wait_ready()
         return backend, prompts

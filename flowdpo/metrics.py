@@ -43,6 +43,17 @@ class Metrics:
         self.adapter_load_seconds = Histogram(
             "flowdpo_adapter_load_seconds", "Time to load a new adapter version into the backend", LA, registry=r
         )
+        self.canary_deviation = Gauge(
+            "flowdpo_adapter_canary_deviation",
+            "Adapter arrival check after the last load: max |server - trainer| next-token log-prob on the canary",
+            LA, registry=r,
+        )
+        self.canary_failures = Counter(
+            "flowdpo_adapter_canary_failures_total", "Adapter loads whose canary the server did not reproduce", LA, registry=r
+        )
+        self.adapters_in_sync = Gauge(
+            "flowdpo_adapters_in_sync", "1 when the server reproduced the canary of every adapter version loaded", L, registry=r
+        )
         self.shard_seconds = Histogram(
             "flowdpo_shard_seconds", "Wall time per shard", ["run", "stage"], registry=r,
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
@@ -54,7 +65,12 @@ class Metrics:
         )
         self.leases_lost = Counter("flowdpo_shard_leases_lost_total", "Claims lost to a takeover while processing", L, registry=r)
         self.pending_shards = Gauge(
-            "flowdpo_pending_shards", "Finished shards waiting for the trainer (bounded by rollout.maxPendingShards)", L, registry=r
+            "flowdpo_pending_shards", "Finished shards waiting for the trainer", L, registry=r
+        )
+        self.pending_allowed = Gauge(
+            "flowdpo_pending_shards_allowed",
+            "Finished shards allowed to wait: ceil(trainer shards/s x rollout.pendingSeconds), 1..rollout.maxPendingShards",
+            L, registry=r,
         )
         self.phase = Gauge("flowdpo_run_phase", "1 for the run's current phase", ["run", "phase"], registry=r)
         # Export the series of this process's own events from the start (at 0): rate() and increase() only
@@ -66,6 +82,7 @@ class Metrics:
         for adapter in ADAPTERS:
             self.pairs_mined.labels(run, adapter)
             self.adapter_load_seconds.labels(run, adapter)
+            self.canary_failures.labels(run, adapter)
         for family in (self.rollouts, self.tokens, self.leases_lost, self.examples_rolled_out):
             family.labels(run)
         for kind in ("new", "takeover"):

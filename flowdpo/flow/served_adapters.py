@@ -9,6 +9,10 @@ model are served by one all-zero adapter (`base_name`). The rules, all under one
    replaces.
 3. A retired name is unloaded only once its last request has ended: `switch` and `release` return the
    names that have just become safe to unload, and `take_retired` hands each such name out exactly once.
+4. A request chain (every flow of one example: its main chain, rollouts and baselines) `pin`s the names
+   current when it starts and holds them until it ends (`unpin`): every request of the chain uses the same
+   versions, and a name retired meanwhile stays loaded until the last chain pinning it has ended. A pin
+   counts like one request on each name it holds.
 
 Pure bookkeeping, no I/O: tested on its own (tests/unit/test_served_adapters.py) and used by
 `flowdpo.flow.vllm_backend.VLLMBackend`, which does the HTTP calls.
@@ -38,6 +42,7 @@ class ServedAdapters:
         self._current: dict[str, str] = {}  # adapter -> served name (absent: version 0 = base_name)
         self._inflight: dict[str, int] = {}
         self._retired: set[str] = set()
+        self._version_of: dict[str, int] = {}  # served name -> the version it serves
 
     def versions(self) -> dict[str, int]:
         with self._lock:
@@ -65,6 +70,32 @@ class ServedAdapters:
             self._inflight[name] = self._inflight.get(name, 0) + 1
             return name
 
+    def pin(self) -> dict[str | None, str]:
+        """The names current now for every adapter and for the base model (key None), each counted until
+        `unpin` (rule 4)."""
+        with self._lock:
+            names: dict[str | None, str] = {a: self._current.get(a, self.base_name) for a in self._versions}
+            names[None] = self.base_name
+            for n in names.values():
+                self._inflight[n] = self._inflight.get(n, 0) + 1
+            return names
+
+    def pinned_versions(self, names: dict[str | None, str]) -> dict[str, int]:
+        """The versions a pin serves (what its chain's lineage records)."""
+        with self._lock:
+            out = {}
+            for a in self._versions:
+                n = names[a]
+                out[a] = 0 if n == self.base_name else self._version_of[n]
+            return out
+
+    def unpin(self, names: dict[str | None, str]) -> list[str]:
+        """A chain ended: release its pin; returns the retired names that now have no request left."""
+        idle: list[str] = []
+        for n in names.values():
+            idle += self.release(n)
+        return sorted(set(idle))
+
     def release(self, name: str) -> list[str]:
         """A request using `name` ended; returns [name] when that was the last request of a retired name."""
         with self._lock:
@@ -79,6 +110,7 @@ class ServedAdapters:
             old = self._current.get(adapter)
             self._current[adapter] = served
             self._versions[adapter] = version
+            self._version_of[served] = version
             self._retired.discard(served)
             if old is not None and old != served:
                 self._retired.add(old)

@@ -16,12 +16,16 @@ How it talks to vLLM (verified against vLLM 0.32, see tests/integration/test_vll
   `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True --enable-lora --max-lora-rank R`). Each version gets a NEW name
   (`answer-v17`): reloading a name in place mixes weights inside running requests. Requests issued after
   `load_adapter` returns use the new name; the old name is unloaded (and its folder deleted) once the
-  requests that were using it have finished (in-flight counts per name).
+  requests that were using it have finished (in-flight counts per name). A request chain (`pin`) holds
+  the names current when it started for all of its requests (`flowdpo/flow/chains.py`). A name the server
+  already knows (it outlived a worker) is unloaded and loaded again, never reloaded with `load_inplace`
+  (vLLM then re-reads the adapter on every later request).
 - **Every request carries a LoRA adapter.** vLLM 0.32's CPU LoRA path can give a base-model request that is
   batched with LoRA requests the output of the last adapter slot, so the base model (`adapter=None`: the
   untrained flow and zero-shot baselines) and version 0 of each adapter (LoRA B = 0 is the base model) are
   served through an all-zero adapter loaded as `base-zero`.
-- Requests go out concurrently from a thread pool so vLLM's scheduler batches them.
+- Requests go out concurrently (a thread pool here; one thread per in-flight chain in `flow/chains.py`)
+  so vLLM's scheduler batches them.
 
 The adapter folder (`adapter_dir`) must be readable by the server under `server_adapter_dir` (the same path
 by default; in the cluster an emptyDir mounted into both the worker and the vLLM container).
@@ -30,7 +34,6 @@ by default; in the cluster an emptyDir mounted into both the worker and the vLLM
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
@@ -43,23 +46,21 @@ from pathlib import Path
 import httpx
 
 from flowdpo.flow.served_adapters import BASE_ZERO, ServedAdapters, lora_name
+from flowdpo.flow.vllm_protocol import (
+    VLLMAdapterError,
+    VLLMError,
+    VLLMUnavailable,
+    choice_logprobs,
+    chunk_ids,
+    error_message,
+    logprob_body,
+    sampling_body,
+)
 from flowdpo.train.adapters import zero_adapter_files
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-class VLLMError(RuntimeError):
-    """The vLLM server refused a request or could not be reached."""
-
-
-class VLLMUnavailable(VLLMError):
-    """The server did not answer (connection refused, reset, timeout) within the retry budget."""
-
-
-class VLLMAdapterError(VLLMError):
-    """The server could not load a LoRA adapter (missing folder, rank above --max-lora-rank, ...)."""
 
 
 class VLLMBackend:
@@ -145,59 +146,41 @@ class VLLMBackend:
             return self._per_adapter(self.generate, contexts, adapter, max_new_tokens, temperature, top_p)
         name = self._acquire(adapter)
         try:
-            body = {
-                "max_tokens": max_new_tokens,
-                "temperature": temperature,
-                "top_p": top_p if temperature > 0 else 1.0,
-                "top_k": 0,
-                "min_p": 0.0,
-                "repetition_penalty": 1.0,
-                "presence_penalty": 0.0,
-                "frequency_penalty": 0.0,
-                "stop_token_ids": sorted(self.eos_ids),
-                "ignore_eos": False,
-                "return_token_ids": True,
-            }
-            choices = self._completions(name, contexts, body)
+            return self.generate_as(name, contexts, max_new_tokens, temperature, top_p)
         finally:
             self._release(name)
-        out = []
-        for c in choices:
-            ids = _cut_at_eos([int(t) for t in c["token_ids"]], self.eos_ids)
-            out.append(ids)
-        with self._lock:
-            self.tokens_generated += sum(len(o) for o in out)
-        return out
 
     def next_token_logprobs(self, contexts, adapter, token_ids):
         if not contexts:
             return []
         if isinstance(adapter, (list, tuple)):
             return self._per_adapter(self.next_token_logprobs, contexts, adapter, token_ids)
-        token_ids = [int(t) for t in token_ids]
         name = self._acquire(adapter)
         try:
-            body = {
-                "max_tokens": 1,
-                "temperature": 0.0,
-                "logprobs": 1,
-                "logprob_token_ids": sorted(set(token_ids)),
-                "return_tokens_as_token_ids": True,
-            }
-            choices = self._completions(name, contexts, body)
+            return self.logprobs_as(name, contexts, token_ids)
         finally:
             self._release(name)
-        out = []
-        for c in choices:
-            top = (c.get("logprobs") or {}).get("top_logprobs") or [None]
-            row = top[0] or {}
-            try:
-                out.append([_as_float(row[f"token_id:{t}"]) for t in token_ids])
-            except KeyError as e:
-                raise VLLMError(
-                    f"vLLM at {self.url} returned no log-prob for token {e} (got {sorted(row)})"
-                ) from None
+
+    def generate_as(self, name: str, contexts, max_new_tokens, temperature, top_p) -> list[list[int]]:
+        """`generate` under the served name `name` (held by the caller: a request or a pin)."""
+        body = sampling_body(self.eos_ids, max_new_tokens, temperature, top_p)
+        out = [chunk_ids(c, self.eos_ids) for c in self._completions(name, contexts, body)]
+        with self._lock:
+            self.tokens_generated += sum(len(o) for o in out)
         return out
+
+    def logprobs_as(self, name: str, contexts, token_ids) -> list[list[float]]:
+        """`next_token_logprobs` under the served name `name` (held by the caller)."""
+        token_ids = [int(t) for t in token_ids]
+        choices = self._completions(name, contexts, logprob_body(token_ids))
+        return [choice_logprobs(c, token_ids, self.url) for c in choices]
+
+    def pin(self) -> PinnedVersions:
+        """The versions served now, held for one request chain (every flow of one example) until
+        `PinnedVersions.release`: all its requests use them, and no name it holds is unloaded before."""
+        self.ensure_ready()
+        names = self._names.pin()
+        return PinnedVersions(self, names, self._names.pinned_versions(names))
 
     def _per_adapter(self, call, contexts, adapter, *args):
         """A call with one adapter per context: one concurrent call per adapter (each keeps its own name
@@ -334,15 +317,19 @@ class VLLMBackend:
     def _register(self, served: str, server_path: str) -> None:
         r = self._post("/v1/load_lora_adapter", {"lora_name": served, "lora_path": server_path})
         if r.status_code == 400 and "already been loaded" in r.text:
-            # The server outlived an earlier worker process and knows this name. Versions are immutable, so
-            # it holds the same weights: reload them in place from our folder (harmless to requests running
-            # on it, and the server then reads any later reload from a path that exists).
-            log.info("vLLM already serves %s; reloading it in place from %s", served, server_path)
-            r = self._post(
-                "/v1/load_lora_adapter", {"lora_name": served, "lora_path": server_path, "load_inplace": True}
-            )
+            # The server outlived an earlier worker process and knows this name. Unload it, then load it from
+            # our folder (never `load_inplace`: vLLM then re-reads the adapter on every later request). No
+            # request of ours uses the name yet: it becomes current only when this load returns.
+            log.info("vLLM already serves %s; unloading it and loading it again from %s", served, server_path)
+            gone = self._post("/v1/unload_lora_adapter", {"lora_name": served})
+            if gone.status_code not in (200, 404):
+                raise VLLMAdapterError(
+                    f"vLLM at {self.url} could not unload {served} before loading it again: "
+                    f"HTTP {gone.status_code}: {error_message(gone)}"
+                )
+            r = self._post("/v1/load_lora_adapter", {"lora_name": served, "lora_path": server_path})
         if r.status_code != 200:
-            msg = _error_message(r)
+            msg = error_message(r)
             hint = ""
             if r.status_code == 404:
                 hint = f" (the server cannot read {server_path}: is the adapter folder shared with the vLLM container at that path?)"
@@ -364,7 +351,7 @@ class VLLMBackend:
     def _unload_now(self, served: str, delete: bool) -> None:
         r = self._post("/v1/unload_lora_adapter", {"lora_name": served})
         if r.status_code not in (200, 404):  # 404: the server no longer knows it (restarted): fine
-            log.warning("vLLM: unloading %s failed: HTTP %s %s", served, r.status_code, _error_message(r))
+            log.warning("vLLM: unloading %s failed: HTTP %s %s", served, r.status_code, error_message(r))
         with self._lock:
             self._paths.pop(served, None)
             local = self._local.pop(served, None) if delete else None
@@ -385,6 +372,11 @@ class VLLMBackend:
     def _acquire(self, adapter: str | None) -> str:
         self.ensure_ready()
         return self._names.acquire(adapter)
+
+    def unpin(self, names: dict[str | None, str]) -> None:
+        """A chain ended (`PinnedVersions.release`): unload the retired names it was the last to hold."""
+        for idle in self._names.unpin(names):
+            self._retire(idle)
 
     def _release(self, name: str) -> None:
         for idle in self._names.release(name):
@@ -440,7 +432,7 @@ class VLLMBackend:
                     self._reregister_all()
                     continue
                 raise VLLMError(
-                    f"vLLM at {self.url}: /v1/completions with {name}: HTTP {r.status_code}: {_error_message(r)}"
+                    f"vLLM at {self.url}: /v1/completions with {name}: HTTP {r.status_code}: {error_message(r)}"
                 )
             raise AssertionError("unreachable")
 
@@ -449,28 +441,24 @@ class VLLMBackend:
         return [c for cs in self._pool.map(one, groups) for c in cs]
 
 
-def _cut_at_eos(tokens: list[int], eos_ids: frozenset[int]) -> list[int]:
-    for j, t in enumerate(tokens):
-        if t in eos_ids:
-            return tokens[: j + 1]
-    return tokens
+class PinnedVersions:
+    """One request chain's view of a `VLLMBackend` (the `GenerationBackend` calls, single adapter per call):
+    the served names current when it was made, for every request until `release`."""
 
+    def __init__(self, backend: VLLMBackend, names: dict[str | None, str], versions: dict[str, int]):
+        self.backend, self.names, self._versions = backend, names, versions
+        self._released = False
 
-def _as_float(x) -> float:
-    if x is None:
-        return -math.inf
-    if isinstance(x, dict):  # {"logprob": ...} in some response shapes
-        x = x.get("logprob")
-    return float(x) if x is not None else -math.inf
+    def versions(self) -> dict[str, int]:
+        return dict(self._versions)
 
+    def generate(self, contexts, adapter, max_new_tokens, temperature, top_p):
+        return self.backend.generate_as(self.names[adapter], contexts, max_new_tokens, temperature, top_p)
 
-def _error_message(r: httpx.Response) -> str:
-    try:
-        err = r.json().get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str):
-            return err
-    except ValueError:
-        pass
-    return r.text[:500]
+    def next_token_logprobs(self, contexts, adapter, token_ids):
+        return self.backend.logprobs_as(self.names[adapter], contexts, token_ids)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.backend.unpin(self.names)

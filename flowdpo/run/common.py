@@ -4,7 +4,9 @@ trainer's position from storage."""
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections import deque
 
 from flowdpo.run.prepare import ensure_spec
 from flowdpo.spec import RunDocument
@@ -47,3 +49,40 @@ def trainer_consumed(store: ObjectStore) -> int:
     """Shards the trainer has consumed (it consumes in order: shards 0..n-1), from its state pointer."""
     pointer = store.get_json_or(RunLayout.trainer_latest)
     return 0 if pointer is None else RunLayout.consumed_of_state(pointer["key"])
+
+
+class TrainerPace:
+    """Back-pressure sized by work: how many finished shards may wait for the trainer.
+
+    The worker `observe`s the trainer's position each time it reads it; the trainer's rate is the shards
+    it consumed over its last `window` moves divided by the time since the first of them (so a trainer
+    that stalls slows the rate down while it stalls). `allowed` = ceil(rate x `rollout.pendingSeconds`),
+    at least 1 and at most `rollout.maxPendingShards` (the cap until a rate is measured).
+
+    Staleness this implies: a finished shard waits at most about `pendingSeconds` before the trainer
+    consumes it, plus the time it took to roll out; its examples were scored with the versions published
+    before it was claimed, so the trainer trains on pairs at most (waiting shards + shards in progress)
+    versions old (about pendingSeconds x the trainer's rate + replicas).
+    """
+
+    def __init__(self, window: int = 8, clock=time.monotonic):
+        self.clock = clock
+        self._moves: deque[tuple[float, int]] = deque(maxlen=window + 1)
+
+    def observe(self, consumed: int) -> None:
+        if not self._moves or consumed != self._moves[-1][1]:
+            self._moves.append((self.clock(), consumed))
+
+    def shards_per_second(self) -> float | None:
+        """None until the trainer has been seen to move."""
+        if len(self._moves) < 2:
+            return None
+        (t0, c0), (_, c1) = self._moves[0], self._moves[-1]
+        elapsed = self.clock() - t0
+        return (c1 - c0) / elapsed if elapsed > 0 else None
+
+    def allowed(self, rollout) -> int:
+        rate = self.shards_per_second()
+        if rate is None:
+            return rollout.max_pending_shards
+        return max(1, min(rollout.max_pending_shards, math.ceil(rate * rollout.pending_seconds)))

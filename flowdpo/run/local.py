@@ -2,8 +2,11 @@
 
 It runs the same protocol as the cluster: `prepare` writes example shards, the rollout worker writes
 results and pairs per shard, the online trainer consumes shards in order and publishes adapter versions,
-all through the run's object store. Here worker and trainer share one in-process model (transformers
-backend), so a new adapter version is in use the moment the trainer publishes it.
+all through the run's object store. With `rollout.backend: transformers` worker and trainer share one
+in-process model, so a new adapter version is in use the moment the trainer publishes it. With
+`rollout.backend: vllm` the rollouts go to a vLLM server (`FLOWDPO_VLLM_URL`) as independent request chains
+(`flow/chains.py`, `rollout.inFlight` at once) and each version the trainer publishes is loaded into the
+server before the next shard, exactly as a cluster worker does (`run/worker.sync_adapters`).
 
 Stop it at any moment and run it again: it continues from what is in storage (no example scored twice,
 no pair trained twice, adapter versions only go up).
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flowdpo.loader import load_policy, rollout_batch, transformers_backend
+from flowdpo.loader import load_policy, make_backend, rollout_batch, transformers_backend
 from flowdpo.metrics import Metrics
 from flowdpo.run.prepare import prepare_run
 from flowdpo.run.progress import publish_progress as _publish_progress
@@ -50,8 +53,20 @@ def _train(doc, store, manifest, metrics, writer: WriterLease, show_progress, ma
     prompts = policy.prompts
     trainer = OnlineTrainer(policy.model, policy.tokenizer, spec, store)
     trainer.restore()
-    backend = transformers_backend(policy, rollout_batch(spec))
-    backend.set_versions(trainer.state.versions)
+    if spec.rollout.backend == "vllm":
+        from flowdpo.run.worker import sync_adapters
+
+        backend, _ = make_backend(spec)
+
+        def follow() -> None:  # the server serves what the trainer published (adapters/LATEST.json)
+            sync_adapters(store, backend, metrics, "local")
+    else:
+        backend = transformers_backend(policy, rollout_batch(spec))
+
+        def follow() -> None:  # the same in-process model: the versions are the trainer's own
+            backend.set_versions(trainer.state.versions)
+
+    follow()
     worker = ShardRollout(backend, prompts, spec, store, doc.name)
     metrics.set_phase("Training")
 
@@ -80,7 +95,7 @@ def _train(doc, store, manifest, metrics, writer: WriterLease, show_progress, ma
         train_seconds = time.monotonic() - t1
         metrics.shard_seconds.labels(doc.name, "train").observe(train_seconds)
         view.trained(train_seconds)
-        backend.set_versions(trainer.state.versions)
+        follow()
         release_free_memory()
         view.shard_done()
         done_here += 1
@@ -88,9 +103,11 @@ def _train(doc, store, manifest, metrics, writer: WriterLease, show_progress, ma
     if finished:
         writer.check()
         trainer.finish()
-        backend.set_versions(trainer.state.versions)
+        follow()
     progress = view.publish("Succeeded" if finished else "Training")
     view.close()
+    if hasattr(backend, "close"):
+        backend.close()
     return progress
 
 

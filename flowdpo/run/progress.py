@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from flowdpo.metrics import Metrics
 from flowdpo.names import ADAPTERS
@@ -101,6 +102,9 @@ def publish_progress(
     serves the trainer's versions (no lag); a separate `flowdpo trainer` process leaves those to workers."""
     st = trainer.state
     progress = build_progress(doc.name, phase, st, manifest, live)
+    in_sync = adapters_in_sync(store)
+    if in_sync is not None:
+        progress["adaptersInSync"] = in_sync
     store.put_json(RunLayout.progress, progress)
     track(doc, progress)  # spec.tracking (MLflow, W&B, a file); never raises
     run = doc.name
@@ -126,6 +130,32 @@ def publish_progress(
             metrics.dpo_loss.labels(run, a).set(st.last[a]["loss"])
             metrics.dpo_margin.labels(run, a).set(st.last[a]["margin"])
     return progress
+
+
+# A worker's adapter check counts for this long after it was written (it is rewritten at every load; a
+# worker that died stops counting once its last check is this old).
+CHECK_FRESH_SECONDS = 1800.0
+
+
+def adapters_in_sync(store: ObjectStore, now: float | None = None) -> dict | None:
+    """progress.json's `adaptersInSync` from the workers' last adapter-arrival checks
+    (`run/worker.sync_adapters`, `train/canary.py`): {"inSync", "workers", "notInSync": [worker ids],
+    "maxDeviation"}; None while no worker has checked a load recently."""
+    now = time.time() if now is None else now
+    checks = []
+    for key in store.list(RunLayout.adapter_checks_root):
+        c = store.get_json_or(key)
+        if isinstance(c, dict) and now - float(c.get("checkedAt", 0)) <= CHECK_FRESH_SECONDS:
+            checks.append(c)
+    if not checks:
+        return None
+    deviations = [x["deviation"] for c in checks for x in c.get("checks", [])]
+    return {
+        "inSync": all(c.get("inSync") for c in checks),
+        "workers": len(checks),
+        "notInSync": sorted(str(c.get("worker")) for c in checks if not c.get("inSync")),
+        "maxDeviation": max(deviations) if deviations else None,
+    }
 
 
 def _set_counter(counter, value: float) -> None:

@@ -34,6 +34,14 @@ class ShardRollout:
         outcome record as soon as its flows have ended, `on_step()` is called after every engine step."""
         examples = read_shard(self.store, shard)
         seed = shard_seed(self.spec.seed, shard)
+        if chains_capable(self.backend):  # vLLM: independent request chains, `rollout.inFlight` at once
+            from flowdpo.flow.chains import ListSource, run_chains
+
+            mined: dict[str, tuple[dict, list[dict]]] = {}
+            work = [self.chain_work(ex, shard, seed, mined, on_example) for ex in examples]
+            run_chains(ListSource(work), self.backend, self.prompts, self.spec.flow, self.spec.baselines,
+                       self.spec.rollout.in_flight, on_step=on_step)  # fmt: skip
+            return self.in_order(examples, mined)
         rng = random.Random(seed)
         torch.manual_seed(seed)  # sampling in the in-process backend: a redone shard samples the same
         self.backend.reset()  # ... and computes from the same (empty) KV cache as the first attempt did
@@ -43,7 +51,7 @@ class ShardRollout:
         for i in range(0, len(examples), step):
             batch = examples[i : i + step]
             lineage = {"run": self.run, "shard": shard, "adapterVersions": self.backend.versions()}
-            mined: dict[str, tuple[dict, list[dict]]] = {}
+            mined = {}
 
             def done(r, lineage=lineage, mined=mined):
                 mined[r.example.id] = mine_pairs(r, self.prompts, lineage, self.spec.training.max_pairs_per_example)
@@ -62,18 +70,52 @@ class ShardRollout:
         self.backend.reset()  # the cached keys/values are of no use to the next shard: free them for training
         return results, pairs
 
+    def chain_work(self, example, shard: int, seed: int, mined: dict, on_example=None, then=None):
+        """One example of `shard` for `run_chains`: its outcome and pairs go into `mined[example.id]` with
+        the lineage of the versions its chains ran on; then `on_example(result, pairs)` and `then()`."""
+        from flowdpo.flow.chains import ChainWork
+
+        def done(r, versions):
+            lineage = {"run": self.run, "shard": shard, "adapterVersions": versions}
+            mined[example.id] = mine_pairs(r, self.prompts, lineage, self.spec.training.max_pairs_per_example)
+            if on_example is not None:
+                on_example(*mined[example.id])
+            if then is not None:
+                then()
+
+        return ChainWork(example, seed, done)
+
+    @staticmethod
+    def in_order(examples, mined: dict) -> tuple[list[dict], list[dict]]:
+        """(results, pairs) in shard order, whatever order the examples finished in."""
+        results, pairs = [], []
+        for ex in examples:
+            res, prs = mined[ex.id]
+            results.append(res)
+            pairs.extend(prs)
+        return results, pairs
+
     def process_shard(self, shard: int, on_example=None, on_step=None) -> bool:
         """Roll out and write a shard. False if another attempt's result already exists."""
         if self.store.exists(RunLayout.results(shard)):
             return False
         results, pairs = self.rollout_shard(shard, on_example, on_step)
-        # Pairs first, under this attempt's own key; then the results object, the shard's completion
-        # marker, names the attempt. Pairs of attempts that lost (or died) are never read.
+        return self.write_shard(shard, results, pairs)
+
+    def write_shard(self, shard: int, results: list[dict], pairs: list[dict]) -> bool:
+        """Pairs first, under this attempt's own key; then the results object, the shard's completion
+        marker, names the attempt. Pairs of attempts that lost (or died) are never read. False if another
+        attempt's result already exists."""
         attempt = uuid.uuid4().hex[:12]
         for r in results:
             r["attempt"] = attempt
         self.store.create_jsonl(RunLayout.pairs(shard, attempt), pairs)
         return self.store.create_jsonl(RunLayout.results(shard), results)
+
+
+def chains_capable(backend) -> bool:
+    """Does `backend` run flows as independent request chains (`pin()`: the vLLM backend)?"""
+    return callable(getattr(backend, "pin", None))
 
 
 class LiveProgress:

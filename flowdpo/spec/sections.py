@@ -214,10 +214,26 @@ class RolloutSpec(SpecModel):
     backend: Literal["transformers", "vllm"] = Field(
         "transformers", description="Generation backend of the rollout workers."
     )
-    batch_examples: int = Field(8, le=4096, ge=1, description="Examples whose flows advance together in one batch.")
+    batch_examples: int = Field(
+        8, le=4096, ge=1,
+        description="transformers backend: examples whose flows advance together in one batch (lockstep).",
+    )
+    in_flight: int = Field(
+        128, le=4096, ge=1,
+        description="vLLM backend: requests each worker keeps outstanding at once; every flow (main chain, "
+        "rollout, baseline) is an independent chain of requests, refilled continuously from claimed shards. "
+        "Size it to what one server batches well (GPU: 64-256; see bench/README.md).",
+    )
     replicas: int = Field(1, le=1024, ge=1, description="Rollout worker replicas (cluster).")
     max_pending_shards: int = Field(
-        4, le=1024, ge=1, description="Back-pressure: workers stop claiming while this many results wait for the trainer."
+        4, le=1024, ge=1,
+        description="Back-pressure cap: at most this many finished shards wait for the trainer "
+        "(shards being rolled out do not count).",
+    )
+    pending_seconds: float = Field(
+        300.0, gt=0.0, le=86400.0,
+        description="Back-pressure sized by work: finished shards may wait about this long for the trainer; "
+        "workers allow ceil(trainer shards/s x this) waiting shards (at least 1, at most maxPendingShards).",
     )
 
 

@@ -14,7 +14,9 @@ trainer/state/LATEST.json          pointer to the newest trainer checkpoint
 trainer/state/000012.json          after 12 shards: consumed shards, pending pairs, counters, versions
 trainer/optim/answer/v000017.pt    Adam state of an adapter version (resume continues the same optimizer)
 adapters/answer/v000017/           peft adapter folder (adapter_config.json, adapter_model.safetensors)
+adapters/answer/v000017/canary.json  the trainer's expected next-token log-probs of that version (canary)
 adapters/LATEST.json               {"answer": 17, "stop": 12}: current versions (written after the folders)
+checks/adapters/<worker>.json      a worker's last adapter-arrival check of its server (canary deviation)
 progress.json                      examples, correct, progressive accuracy, pairs, versions, ETA
 report/                            progress.png, report.md (flowdpo report)
 compile/questions.jsonl            the compile set (Example records; flowdpo compile)
@@ -35,7 +37,7 @@ signal/<key>/report.json           the signal check's summary (flowdpo signal)
 ```
 <source> is one of COMPILE_SOURCES (ground-truth, self-generated, flow-generated); <row> is zero-shot or
 sft-<source>.
-All objects are immutable except the LATEST pointers, progress.json and the claim leases, which are
+All objects are immutable except the LATEST pointers, progress.json, the adapter checks and the claim leases, which are
 overwritten whole (a lease only by the worker that created its attempt). The claim protocol is in
 `flowdpo.run.claims`; a shard is done when its results object exists.
 """
@@ -59,6 +61,12 @@ class RunLayout:
     progress = "progress.json"
     adapters_latest = "adapters/LATEST.json"
     trainer_latest = "trainer/state/LATEST.json"
+    adapter_checks_root = "checks/adapters/"
+
+    @classmethod
+    def adapter_check(cls, worker: str) -> str:
+        """A worker's last adapter-arrival check (any worker id: characters outside [A-Za-z0-9_.-] become -)."""
+        return cls.adapter_checks_root + re.sub(r"[^A-Za-z0-9_.-]", "-", worker)[:200] + ".json"
     report_dir = "report"
 
     @staticmethod

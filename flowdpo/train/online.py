@@ -22,6 +22,7 @@ import torch
 from flowdpo.names import ADAPTERS
 from flowdpo.spec import RunSpec
 from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
+from flowdpo.train import canary
 from flowdpo.train.adapters import (
     adapter_files,
     adapter_parameters,
@@ -98,6 +99,15 @@ class OnlineTrainer:
         self.state = TrainerState()
         self._stepped: set[str] = set()
         self._clock = time.monotonic()
+        self._prompt_builder = None
+
+    @property
+    def _prompts(self):
+        if self._prompt_builder is None:
+            from flowdpo.flow.prompts import PromptBuilder
+
+            self._prompt_builder = PromptBuilder(self.tokenizer, self.spec.flow)
+        return self._prompt_builder
 
     # -- resume ----------------------------------------------------------------------------------------
     def restore(self) -> bool:
@@ -223,6 +233,8 @@ class OnlineTrainer:
             folder = RunLayout.adapter(a, v)
             for fname, data in adapter_files(self.model, a).items():
                 self.store.put(f"{folder}/{fname}", data)
+            # What a server serving this version must answer (workers check it after each load).
+            self.store.put(f"{folder}/{canary.CANARY_FILE}", canary.expected(self.model, self._prompts, a, v))
             self.store.put(RunLayout.optimizer(a, v), optimizer_bytes(self.optimizers[a]))
             self.state.versions[a] = v
         key = RunLayout.trainer_state(len(self.state.consumed), self.state.finished)

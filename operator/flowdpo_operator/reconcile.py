@@ -126,6 +126,7 @@ class _Run:
         self._storage_condition()
         if self.progress:
             self.status.update(progress_fields(self.progress))
+            self._adapters_in_sync(self.progress.get("adaptersInSync"))
         steps = steps_of(self.doc)
         done = {step: self._done(step) for step in steps}
         current = next((s for s in steps if not done[s]), None)
@@ -263,6 +264,19 @@ class _Run:
         return actions
 
     # -- conditions -----------------------------------------------------------------------------------------
+    def _adapters_in_sync(self, check) -> None:
+        """AdaptersInSync from progress.json's `adaptersInSync` (the workers' canary checks of each adapter
+        load, flowdpo/run/progress.py `adapters_in_sync`); absent until a worker has checked a load."""
+        if not isinstance(check, dict):
+            return
+        if check.get("inSync"):
+            self.conds.set("AdaptersInSync", True, "CanaryMatched",
+                           f"{check.get('workers')} worker(s) serve the published adapter versions")  # fmt: skip
+        else:
+            self.conds.set("AdaptersInSync", False, "CanaryMismatch",
+                           f"not serving the adapter versions as trained: {', '.join(check.get('notInSync') or [])} "
+                           f"(canary log-probs off by up to {check.get('maxDeviation')}); see the worker logs")  # fmt: skip
+
     def _step_conditions(
         self, steps: list[str], done: dict[str, bool], current: str | None, failed: bool, blocked: str
     ) -> None:

@@ -349,12 +349,20 @@ def test_server_that_forgot_its_adapters_gets_them_again(server, backend, refere
         ]
         < 0
     )
-    # A new worker process on a server that already knows the names (same run, immutable versions) adopts
-    # them with an in-place reload from its own folder.
+    # A new worker process on a server that already knows the names (same run, immutable versions) unloads
+    # each and loads it again from its own folder: never `load_inplace` (vLLM then re-reads the adapter
+    # on every later request).
     again = VLLMBackend(
         server.url, prompts.eos_ids, backend.adapter_dir, zero_adapter=backend_zero_files(backend)
     )
+    posted: list[tuple[str, dict]] = []
+    post = again._post
+    again._post = lambda path, body: posted.append((path, body)) or post(path, body)
     assert again.generate(ctx, None, 4, 0.0, 1.0) == backend.generate(ctx, None, 4, 0.0, 1.0)
+    loads = [(p.rsplit("/", 1)[-1], b.get("lora_name")) for p, b in posted if "lora_adapter" in p]
+    assert loads == [("load_lora_adapter", "base-zero"), ("unload_lora_adapter", "base-zero"),
+                     ("load_lora_adapter", "base-zero")], loads  # fmt: skip
+    assert not any(b.get("load_inplace") for _, b in posted)
     again.close()
 
 

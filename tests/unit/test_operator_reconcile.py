@@ -185,6 +185,22 @@ class TestPhases:
         assert s["progress"]["shards"] == {"total": 4, "consumed": 2} and "run" not in s["progress"]
         assert "12/16 examples" in w.cond("Trained")["message"]
 
+    def test_adapters_in_sync_condition_follows_the_workers_canary_checks(self):
+        w = World()
+        w.tick()
+        w.finish("prepare")
+        w.tick()
+        w.progress = progress()
+        w.tick()
+        assert w.cond("AdaptersInSync") is None  # no worker has checked a load yet
+        w.progress = {**progress(), "adaptersInSync": {"inSync": True, "workers": 2, "notInSync": [], "maxDeviation": 0.04}}
+        w.tick()
+        assert w.cond("AdaptersInSync")["status"] == "True" and "2 worker(s)" in w.cond("AdaptersInSync")["message"]
+        w.progress = {**progress(), "adaptersInSync": {"inSync": False, "workers": 2, "notInSync": ["w7"], "maxDeviation": 0.9}}
+        w.tick()
+        c = w.cond("AdaptersInSync")
+        assert c["status"] == "False" and c["reason"] == "CanaryMismatch" and "w7" in c["message"] and "0.9" in c["message"]
+
     def test_trainer_complete_waits_for_progress_json_to_say_succeeded(self):
         w = World()
         w.tick()

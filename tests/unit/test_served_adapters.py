@@ -78,3 +78,20 @@ def test_concurrent_requests_and_switches_never_unload_a_name_in_use():
     assert errors == []
     assert len(unloaded) == len(set(unloaded))  # each name unloaded at most once
     assert "answer-v59" not in unloaded and names.inflight() == {}
+
+
+def test_a_pinned_chain_keeps_its_names_until_unpinned_and_only_then_the_old_name_unloads():
+    names = ServedAdapters(BASE_ZERO)
+    names.switch("answer", 1, "answer-v1")
+    pin = names.pin()  # an example's chains start on answer v1 / stop v0
+    assert pin == {"answer": "answer-v1", "stop": BASE_ZERO, None: BASE_ZERO}
+    assert names.pinned_versions(pin) == {"answer": 1, "stop": 0}
+    assert names.switch("answer", 2, "answer-v2") == []  # v1 still pinned between two of its requests
+    assert names.acquire("answer") == "answer-v2"  # a chain started now gets v2
+    later = names.pin()
+    assert names.pinned_versions(later) == {"answer": 2, "stop": 0}
+    assert not names.take_retired("answer-v1")
+    assert names.unpin(pin) == ["answer-v1"]  # the last holder of v1 ended: safe to unload, once
+    assert names.take_retired("answer-v1") and not names.take_retired("answer-v1")
+    assert names.unpin(later) == []
+    assert names.inflight() == {"answer-v2": 1}  # the plain request acquired above

@@ -46,7 +46,7 @@ class EosBackend:
         self._versions[name] = version
 
 
-def _doc(tmp_path, backend="transformers"):
+def _doc(tmp_path, backend="transformers", pending=2):
     return parse_document(
         {
             "apiVersion": "flowdpo.dev/v1alpha1",
@@ -54,7 +54,7 @@ def _doc(tmp_path, backend="transformers"):
             "metadata": {"name": "loop"},
             "spec": {
                 "data": {"numExamples": 10, "shardSize": 2},
-                "rollout": {"batchExamples": 2, "maxPendingShards": 2, "backend": backend},
+                "rollout": {"batchExamples": 2, "maxPendingShards": pending, "backend": backend, "inFlight": 3},
                 "storage": {"uri": f"file://{tmp_path}/run"},
             },
         }
@@ -167,3 +167,83 @@ def test_lingering_worker_waits_for_the_trainer_and_a_late_one_loads_no_model(tm
 
     monkeypatch.setattr(wm, "make_backend", no_model)
     assert run_worker(doc, poll_seconds=0.05, worker_id="late", linger=True)["shards"] == []
+
+
+class EosChainBackend(EosBackend):
+    """EosBackend that runs flows as request chains (`pin()`, as the vLLM backend): each request takes
+    `delay` seconds, so the requests of several examples, and of two shards, overlap."""
+
+    def __init__(self, delay=0.02, fail_after=None):
+        super().__init__()
+        self.delay, self.fail_after = delay, fail_after
+        self.requests = 0
+        self.pinned = 0
+        self.lock = threading.Lock()
+
+    def pin(self):
+        backend = self
+
+        class View:
+            def __init__(self):
+                self.v = backend.versions()
+                with backend.lock:
+                    backend.pinned += 1
+
+            def versions(self):
+                return dict(self.v)
+
+            def _call(self):
+                with backend.lock:
+                    backend.requests += 1
+                    if backend.fail_after is not None and backend.requests > backend.fail_after:
+                        raise ConnectionError("vLLM went away")
+                time.sleep(backend.delay)
+
+            def generate(self, contexts, adapter, *a):
+                self._call()
+                return EosBackend.generate(backend, contexts, adapter, *a)
+
+            def next_token_logprobs(self, contexts, adapter, token_ids):
+                self._call()
+                return EosBackend.next_token_logprobs(backend, contexts, adapter, token_ids)
+
+            def release(self):
+                with backend.lock:
+                    backend.pinned -= 1
+
+        return View()
+
+
+def test_chain_worker_refills_across_shards_and_records_each_examples_versions(tmp_path):
+    doc = _doc(tmp_path, backend="vllm", pending=10)  # no back-pressure here
+    store = open_store(doc.storage_uri())
+    ensure_spec(store, doc)
+    prepare(store, doc)
+    backend = EosChainBackend()
+    prompts = PromptBuilder(CharTokenizer(), doc.spec.flow)
+    out = run_worker(doc, Metrics("loop"), lease_seconds=5, poll_seconds=0.05, worker_id="w", backend=backend, prompts=prompts)
+    assert sorted(out["shards"]) == [0, 1, 2, 3, 4] and backend.pinned == 0
+    for s in range(5):
+        rs = store.get_jsonl(RunLayout.results(s))
+        assert [r["exampleId"] for r in rs] == [e["id"] for e in store.get_jsonl(RunLayout.examples(s))]
+        assert all(r["adapterVersions"] == {"answer": 0, "stop": 0} for r in rs)
+        assert store.get_json(RunLayout.claim_lease(s, 1))["state"] == "done"
+    # Shards overlapped: a later shard was claimed before an earlier one's results were written.
+    claimed = {s: store.get_json(RunLayout.claim_attempt(s, 1))["claimedAt"] for s in range(5)}
+    written = {s: store.get_json(RunLayout.claim_lease(s, 1))["renewedAt"] for s in range(5)}
+    assert any(claimed[s + 1] < written[s] for s in range(4)), (claimed, written)
+
+
+def test_chain_worker_that_fails_releases_every_shard_it_holds(tmp_path):
+    doc = _doc(tmp_path, backend="vllm", pending=10)
+    store = open_store(doc.storage_uri())
+    ensure_spec(store, doc)
+    prepare(store, doc)
+    backend = EosChainBackend(fail_after=5)
+    prompts = PromptBuilder(CharTokenizer(), doc.spec.flow)
+    with pytest.raises(ConnectionError, match="vLLM went away"):
+        run_worker(doc, Metrics("loop"), lease_seconds=30, poll_seconds=0.05, worker_id="w", backend=backend, prompts=prompts)
+    held = [RunLayout.parse_claim(k)[0] for k in store.list(RunLayout.claims_root) if "/attempt-" in k]
+    assert held and not store.list(RunLayout.results_root)
+    for s in held:  # released at once: another worker may take them without waiting out the lease
+        assert store.get_json(RunLayout.claim_lease(s, 1))["state"] == "released"
