@@ -201,3 +201,29 @@ def test_metrics_port_is_mapped_to_a_free_local_port(kube_api, namespace, wait, 
 
     wait(Probe(scrape, f"GET {url}"), satisfies(lambda body: body and "demo_metric 1" in body, "serves metrics"),
          timeout=20)
+
+
+def test_a_pod_of_a_built_image_runs_from_it_with_its_security_context(kube_api, namespace, wait, kubelet):
+    """The podman path (e2e/support/podman.py): runAsUser and a read-only root filesystem reach the container,
+    and runAsNonRoot with user 0 is refused the way a kubelet refuses it."""
+    images = sorted(kubelet.config.container_images)
+    if not images:
+        pytest.fail("no built image: run `bash scripts/images.sh build operator`", pytrace=False)
+    # HOME is writable by group 0 in every image: only the read-only root filesystem stops the write.
+    script = "id -u; id -g; touch /home/flowdpo/x 2>/dev/null && echo writable || echo read-only"
+    container = {"name": "main", "image": images[0], "command": ["sh", "-c", script]}
+    create_pod(kube_api, namespace, "confined", {"metadata": {}, "spec": {
+        "restartPolicy": "Never", "securityContext": {"runAsUser": 4242, "runAsGroup": 0, "runAsNonRoot": True},
+        "containers": [{**container, "securityContext": {"readOnlyRootFilesystem": True}}]}})
+    wait(phase_of(kube_api, namespace, "confined"), equals("Succeeded"), timeout=120, unless=equals("Failed"))
+    log = next(p for p in kubelet.log_paths(namespace) if "confined" in str(p)).read_text()
+    assert log.split()[-3:] == ["4242", "0", "read-only"]
+    create_pod(kube_api, namespace, "as-root", {"metadata": {}, "spec": {
+        "restartPolicy": "Never", "securityContext": {"runAsUser": 0, "runAsNonRoot": True}, "containers": [container]}})
+    reason = Probe(
+        lambda: ((((pod_probe(kube_api, namespace, "as-root")() or {}).get("status") or {})
+                  .get("containerStatuses") or [{}])[0].get("state") or {}).get("waiting", {}),
+        "waiting state of pod as-root",
+    )
+    wait(reason, satisfies(lambda w: w.get("reason") == "CreateContainerConfigError" and "runAsNonRoot"
+                           in w.get("message", ""), "refused for runAsNonRoot"), timeout=60)

@@ -12,6 +12,6 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 bash scripts/testenv/k8s.sh build
 bash scripts/testenv/prometheus.sh >/dev/null
 # The three container images (podman from Debian packages; layers cached in ~/.cache/flowdpo/containers):
-# tests/images runs them, e2e/ runs the operator from its image. First time ~15 min, then ~1 min.
+# tests/images runs them, e2e/ runs the operator from its image. First time ~9 min, then under a minute.
 bash scripts/images.sh build
 exec .venv/bin/python -m pytest -ra --timeout=1200 "$@"

@@ -49,12 +49,13 @@ class PodmanLaunch:
         pod_sc = self.sandbox.pod["spec"].get("securityContext") or {}
         sc = {**pod_sc, **(container.get("securityContext") or {})}
         flags: list[str] = []
+        effective = image_user(image) or "0"
         if "runAsUser" in sc or "runAsGroup" in sc:
-            user = image_user(image).split(":", 1)
-            uid = str(sc.get("runAsUser", user[0] or "0"))
+            user = effective.split(":", 1)
+            uid = str(sc.get("runAsUser", user[0]))
             gid = str(sc.get("runAsGroup", user[1] if len(user) > 1 else "0"))
-            flags += ["--user", f"{uid}:{gid}"]
-        effective = flags[1] if flags else image_user(image) or "0"
+            effective = f"{uid}:{gid}"
+            flags += ["--user", effective]
         if sc.get("runAsNonRoot") and _runs_as_root(effective):
             raise ContainerConfigError(
                 f"container has runAsNonRoot and image {image} will run as root (user {effective!r})")
