@@ -79,9 +79,15 @@ export CONTAINERS_CONF=$CT/containers.conf
 export CONTAINERS_STORAGE_CONF=$CT/storage.conf
 RUNROOT=${TMPDIR:-/tmp}/flowdpo-containers-$(id -u)
 
+put() {  # put FILE: stdin becomes FILE, atomically and only when it differs (a build may be reading it)
+  local tmp="$1.tmp.$$"
+  cat > "$tmp"
+  if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
+}
+
 write_config() {
   mkdir -p "$CT/build"
-  cat > "$CONTAINERS_CONF" <<EOF
+  put "$CONTAINERS_CONF" <<EOF
 # Written by scripts/images.sh. runc + cgroupfs: what works in an unprivileged VM or container.
 [containers]
 default_ulimits = []
@@ -91,7 +97,7 @@ runtime = "runc"
 events_logger = "file"
 tmp_dir = "$RUNROOT/tmp"
 EOF
-  cat > "$CONTAINERS_STORAGE_CONF" <<EOF
+  put "$CONTAINERS_STORAGE_CONF" <<EOF
 # Written by scripts/images.sh: image layers cached beside the project's other caches.
 [storage]
 driver = "overlay"
@@ -102,22 +108,21 @@ EOF
   # the build too) and a local wheel folder. Mounted at build time only; nothing of it lands in a layer.
   local ca=${PIP_CERT:-${REQUESTS_CA_BUNDLE:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}}
   BUILD_MOUNTS=()
-  {
-    echo "[global]"
-    if [[ -f $ca ]]; then
-      BUILD_MOUNTS+=(-v "$ca:/etc/flowdpo-build/ca.crt:ro")
-      echo "cert = /etc/flowdpo-build/ca.crt"
-    fi
-    [[ -n ${PIP_INDEX_URL:-} ]] && echo "index-url = $PIP_INDEX_URL"
-    local links=${PIP_FIND_LINKS:-}
-    if [[ -n $links && -d $links ]] && compgen -G "$links/torch-$TORCH_VERSION+cpu-*.whl" >/dev/null; then
-      BUILD_MOUNTS+=(-v "$links:/opt/flowdpo-wheels:ro")
-      echo "find-links = /opt/flowdpo-wheels"
-    else
-      # PyTorch's CPU builds ("+cpu") are served by PyTorch's own index, not PyPI.
-      echo "extra-index-url = https://download.pytorch.org/whl/cpu"
-    fi
-  } > "$CT/build/pip.conf"
+  local conf="[global]"$'\n'
+  if [[ -f $ca ]]; then
+    BUILD_MOUNTS+=(-v "$ca:/etc/flowdpo-build/ca.crt:ro")
+    conf+="cert = /etc/flowdpo-build/ca.crt"$'\n'
+  fi
+  [[ -z ${PIP_INDEX_URL:-} ]] || conf+="index-url = $PIP_INDEX_URL"$'\n'
+  local links=${PIP_FIND_LINKS:-}
+  if [[ -n $links && -d $links ]] && compgen -G "$links/torch-$TORCH_VERSION+cpu-*.whl" >/dev/null; then
+    BUILD_MOUNTS+=(-v "$links:/opt/flowdpo-wheels:ro")
+    conf+="find-links = /opt/flowdpo-wheels"$'\n'
+  else
+    # PyTorch's CPU builds ("+cpu") are served by PyTorch's own index, not PyPI.
+    conf+="extra-index-url = https://download.pytorch.org/whl/cpu"$'\n'
+  fi
+  printf '%s' "$conf" | put "$CT/build/pip.conf"
   BUILD_MOUNTS+=(-v "$CT/build/pip.conf:/etc/pip.conf:ro")
 }
 

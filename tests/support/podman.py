@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from functools import cache
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +36,27 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
                           text=True, timeout=timeout)
 
 
+def wait_for_build(timeout: float = 3600) -> None:
+    """When scripts/test.sh builds the images beside the tests (FLOWDPO_IMAGES_BUILD_STATUS names its status
+    file), wait until the build ended; a failed build fails the test with the tail of its log."""
+    status = os.environ.get("FLOWDPO_IMAGES_BUILD_STATUS")
+    if not status:
+        return
+    deadline = time.monotonic() + timeout
+    path = Path(status)
+    while not path.exists() or not path.read_text().strip():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the image build (scripts/images.sh build) did not end within {timeout:.0f} s", pytrace=False)
+        time.sleep(2)
+    if path.read_text().strip() != "done":
+        log = Path(os.environ.get("FLOWDPO_IMAGES_BUILD_LOG", status + ".log"))
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else "(no log)"
+        pytest.fail(f"the image build failed (scripts/images.sh build):\n{tail}", pytrace=False)
+
+
 def built_images() -> dict[str, str]:
     """{operator|trainer|rollout: image reference} of the project's images that exist in podman's storage."""
+    wait_for_build()
     env = podman_env()
     if env is None:
         return {}
@@ -50,6 +71,7 @@ def image_user(ref: str) -> str:
 
 def require_image(name: str) -> str:
     """The reference of a built image; fails (never skips) when it is missing: these tests exist to run it."""
+    wait_for_build()
     if podman_env() is None:
         pytest.fail("podman is not installed: run `bash scripts/images.sh setup`", pytrace=False)
     ref = podman_env()[f"FLOWDPO_IMAGE_{name.upper()}"]
