@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -42,7 +41,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import httpx
-import torch
 
 from flowdpo.data import load_examples
 from flowdpo.flow.chains import ChainSource, ChainWork, run_chains
@@ -52,7 +50,7 @@ from flowdpo.flow.vllm_backend import VLLMBackend
 from flowdpo.models import load_base_model, resolve_model_path
 from flowdpo.spec import load_document
 from flowdpo.train.adapters import attach_adapters
-from tests.support.vllm_server import random_lora, server_or_url
+from tests.support.vllm_server import machine_facts, random_lora, server_or_url
 
 _SAMPLE = re.compile(r"^(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$")
 
@@ -222,13 +220,7 @@ def main(argv=None) -> int:
             "seconds_per_phase": args.seconds,
             "warmup_seconds": args.warmup_seconds,
             "sample_seconds": args.sample_seconds,
-            "machine": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "cuda": torch.cuda.is_available(),
-                "loadavg_1m_before": load0,
-                "loadavg_1m_after": load1,
-            },
+            "machine": machine_facts(load0, load1),
             "vllm_server_start_s": server.startup_seconds if server else None,
             "phases": phases,
             "target": "after: mean running requests >= 75% of the in-flight count",

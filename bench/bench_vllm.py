@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -45,7 +44,7 @@ from flowdpo.models import load_base_model, resolve_model_path
 from flowdpo.spec import load_document
 from flowdpo.storage import RunLayout, open_store
 from flowdpo.train.adapters import attach_adapters
-from tests.support.vllm_server import random_lora, server_or_url
+from tests.support.vllm_server import machine_facts, random_lora, server_or_url
 
 
 def publish_to_use(backends, model, prompts, store, versions: int, std: float) -> dict:
@@ -194,13 +193,7 @@ def main(argv=None) -> int:
             "batch_examples": spec.rollout.batch_examples,
             "flow": {"chunkTokens": spec.flow.chunk_tokens, "maxChunks": spec.flow.max_chunks},
             "baselines": spec.baselines.model_dump(),
-            "machine": {
-                "platform": platform.platform(),
-                "cpus": os.cpu_count(),
-                "cuda": torch.cuda.is_available(),
-                "loadavg_1m_before": load0,
-                "loadavg_1m_after": load1,
-            },
+            "machine": machine_facts(load0, load1),
             "vllm_server_start_s": server.startup_seconds if server else None,
             "prompts_per_request": args.prompts_per_request,
             "torch_threads": args.torch_threads,

@@ -155,3 +155,18 @@ def server_or_url(url: str | None, model_path: str, **server_args) -> tuple[str,
     server = VLLMServer(model_path, **server_args).start()
     print(f"vLLM server {server.url} ready in {server.startup_seconds:.1f} s (log {server.log_path})", flush=True)
     return server.url, server
+
+
+def machine_facts(load_before: float, load_after: float) -> dict:
+    """The "machine" block of a vLLM benchmark's results JSON."""
+    import platform
+
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+        "loadavg_1m_before": load_before,
+        "loadavg_1m_after": load_after,
+    }
