@@ -89,7 +89,11 @@ def _stored_outcomes(
 
 
 def evaluate_run(
-    doc: RunDocument, *, require_finished: bool = True, show_progress: bool = False, only: Sequence[str] | None = None
+    doc: RunDocument,
+    *,
+    require_finished: bool = True,
+    show_progress: bool = False,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the 0-shot base model and every SFT model of the run; write eval/ and return the table.
     `only`: evaluate just these rows (e.g. the trained flow of a control run whose other rows would repeat
@@ -132,7 +136,9 @@ def evaluate_run(
             if flow_backend is None:
                 backend = None  # one model at a time (an 8B model twice would not fit many GPUs)
                 gc.collect()
-                flow_backend, flow_prompts = load_flow_model(doc, store, doc.spec.compile.evaluation.batch_size, cast_lora=False)
+                flow_backend, flow_prompts = load_flow_model(
+                    doc, store, doc.spec.compile.evaluation.batch_size, cast_lora=False
+                )
             answered = answer_with_flow(
                 flow_backend, flow_prompts, spec, everything, trained=row == FLOW_TRAINED, samples=k
             )
@@ -194,11 +200,14 @@ def evaluate_run(
                 "answers": len(untrained),
             }
         )
-        if stop is None or stop.get("fingerprint") != want:
+        # A result stored before per-partial scores were kept is recomputed once (the report's ROC needs them).
+        if stop is None or stop.get("fingerprint") != want or (stop.get("partials") and "scores" not in stop):
             if flow_backend is None:
                 backend = None
                 gc.collect()
-                flow_backend, flow_prompts = load_flow_model(doc, store, doc.spec.compile.evaluation.batch_size, cast_lora=False)
+                flow_backend, flow_prompts = load_flow_model(
+                    doc, store, doc.spec.compile.evaluation.batch_size, cast_lora=False
+                )
             stop = {**stop_discrimination(flow_backend, flow_prompts, spec, untrained), "fingerprint": want}
             store.put_json(RunLayout.eval_stop, stop)
     backend = flow_backend = None
@@ -216,7 +225,7 @@ def evaluate_run(
         "updatedAt": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if stop is not None:
-        table["stopDiscrimination"] = {k: v for k, v in stop.items() if k != "fingerprint"}
+        table["stopDiscrimination"] = {k: v for k, v in stop.items() if k not in ("fingerprint", "scores")}
     store.put_json(RunLayout.eval_table_json, table)
     store.put(RunLayout.eval_table_md, render_table(table).encode())
     return table

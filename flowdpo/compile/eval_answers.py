@@ -42,7 +42,8 @@ def answer_questions(
     rows = []
     for ex, ids in zip(examples, outs):
         text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
-        rows.append(graded_outcome(ex, text, tokens=len(ids)))
+        ended = any(t in prompts.eos_ids for t in ids)
+        rows.append(graded_outcome(ex, text, tokens=len(ids), endReason="eos" if ended else "length"))
     return rows
 
 
@@ -112,6 +113,8 @@ def stop_discrimination(backend, prompts, spec, outcomes: Sequence[dict]) -> dic
     out: dict[str, Any] = {"partials": len(points), "complete": sum(1 for *_, c in points if c)}
     if not points:
         return out
+    # Every partial's label and P(yes) under each Stop model, for the report's ROC curves.
+    out["scores"] = {"complete": [c for *_, c in points]}
     contexts = [prompts.stop_prompt(q, text) for q, text, _ in points]
     decision = prompts.yes_ids + prompts.no_ids
     for name, adapter in (("untrained", None), ("trained", "stop")):
@@ -120,6 +123,7 @@ def stop_discrimination(backend, prompts, spec, outcomes: Sequence[dict]) -> dic
         pos = [x for x, (*_, c) in zip(p, points) if c]
         neg = [x for x, (*_, c) in zip(p, points) if not c]
         ci = auc_interval(pos, neg)
+        out["scores"][name] = [round(x, 6) for x in p]
         out[name] = {
             "auc": auc(pos, neg),
             "aucCi95": list(ci) if ci else None,

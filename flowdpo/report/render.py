@@ -97,6 +97,47 @@ def render_figure(rows: list[dict], numbers: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+BEHAVIOUR_FIGURE = "behaviour.png"
+_ENDS = (
+    ("eos", "ended by the Answer LLM (EOS)"),
+    ("stop", "stopped by the Stop LLM"),
+    ("max_chunks", "token budget spent"),
+)
+
+
+def render_behaviour_figure(behaviour: list[dict[str, Any]], run: str) -> bytes:
+    """Per quarter of training: how the trained flow's answers ended (stacked bars), with its accuracy, the
+    share without a final answer and the mean P(stop) as lines. What the Stop adapter learns shows here."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = [b["quarter"] for b in behaviour]
+    bottom = [0.0] * len(xs)
+    for i, (key, label) in enumerate(_ENDS):
+        vals = [b["ends"].get(key, 0.0) for b in behaviour]
+        ax.bar(xs, vals, 0.6, bottom=bottom, color=f"C{i}", alpha=0.35, label=label)
+        bottom = [a + v for a, v in zip(bottom, vals)]
+    ax.plot(xs, [b["accuracy"] for b in behaviour], "o-", color="k", lw=2, label="accuracy")
+    ax.plot(xs, [b["noFinalAnswer"] for b in behaviour], "s--", color="C3", label="no final answer")
+    p_stop = [
+        (x, b["meanStopProbability"]) for x, b in zip(xs, behaviour) if b["meanStopProbability"] is not None
+    ]
+    if p_stop:
+        ax.plot(*zip(*p_stop), "^:", color="C4", lw=1.8, label="mean P(stop) per decision")
+    ax.set_xticks(xs, [f"Q{b['quarter']}\n({b['examples']} ex.)" for b in behaviour])
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("share of answers / probability")
+    ax.set_title(f"{run}: how the trained flow's answers end, per quarter of training", fontsize=11)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 # -- markdown --------------------------------------------------------------------------------------
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -137,11 +178,17 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         lines.append(f"- Consumed shards without a results object (skipped): {sh['consumedWithoutResults']}.")
     if N.get("dataSkipped"):
         reasons = "; ".join(f"{n} x {r}" for r, n in sorted(N["dataSkipped"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"- Data rows skipped when the run was prepared: {sum(N['dataSkipped'].values())} ({reasons}).")
+        lines.append(
+            f"- Data rows skipped when the run was prepared: {sum(N['dataSkipped'].values())} ({reasons})."
+        )
     if N.get("examplesInProgress") is not None and N["examplesInProgress"] != N["examples"]:
         lines.append(
             f"- Note: progress.json counts {N['examplesInProgress']} examples; this report counts {N['examples']}."
         )
+    if N.get("endpoints"):
+        from flowdpo.report.endpoints import render_endpoints_markdown
+
+        lines += ["", render_endpoints_markdown(N["endpoints"])]
     lines += ["", "![progressive validation accuracy](progress.png)", "", "## Accuracy", ""]
     lines.append(
         "Progressive validation accuracy: each example is answered by the flow before the trainer learns from it "
@@ -217,6 +264,8 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         lines += [
             "",
             "### How the trained flow's answers end, by quarter",
+            "",
+            f"![how answers end]({BEHAVIOUR_FIGURE})",
             "",
             "| quarter | accuracy | chunks per answer | no final answer | mean P(stop) | ended by EOS | by Stop | by max chunks | rollouts correct |",
             "|---|---|---|---|---|---|---|---|---|",

@@ -16,8 +16,13 @@ After `flowdpo compile` + `flowdpo eval`, the report also carries the compile ta
 0-shot, SFT on ground-truth / self-generated / flow traces) as `compile.png`, a markdown section and a
 `compile` key in report.json (flowdpo/report/compile_table.py).
 
-Outputs `report/progress.png`, `report/report.md`, `report/report.json` (+ `report/compile.png`) in the
-store and in a local folder.
+With the flow rows evaluated (`compile.evaluation.flowRows`), the report opens with the held-out endpoints:
+the final trained flow minus the untrained flow with its clustered-bootstrap interval, how each flow's answers
+end, and the Stop adapter's ROC curves (`endpoints.png`, flowdpo/report/endpoints.py).
+
+Outputs `report/progress.png`, `report/behaviour.png` (how the flow's answers end, per quarter of training),
+`report/report.md`, `report/report.json` (+ `report/compile.png`, `report/endpoints.png`) in the store and in
+a local folder.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import json
 from pathlib import Path
 
 from flowdpo.report.numbers import collect, compute
-from flowdpo.report.render import render_figure, render_markdown
+from flowdpo.report.render import BEHAVIOUR_FIGURE, render_behaviour_figure, render_figure, render_markdown
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
 
@@ -37,20 +42,28 @@ def write_report(store: ObjectStore, out_dir: Path | None = None) -> dict[str, s
     """Write progress.png, report.md and report.json under `report/` in the store and in a local folder.
 
     Local folder: `out_dir` if given, else `<local run folder>/report` for a file:// store, else
-    `./<run>-report`. Returns local paths: {"markdown", "figure", "json"} (+ "compileFigure" once the run is
-    evaluated). ValueError if nothing to report.
+    `./<run>-report`. Returns local paths: {"markdown", "figure", "json"} (+ "behaviourFigure" from 4
+    examples on, "compileFigure" and "endpointsFigure" once the run is evaluated). ValueError if nothing to
+    report.
     """
     from flowdpo.report.compile_table import FIGURE as COMPILE_FIGURE
     from flowdpo.report.compile_table import collect_compile, render_compile_figure
+    from flowdpo.report.endpoints import FIGURE as ENDPOINTS_FIGURE
+    from flowdpo.report.endpoints import collect_endpoints, render_endpoints_figure
 
     data = collect(store)
     numbers = compute(data)
     numbers["compile"] = collect_compile(store)
+    numbers["endpoints"] = collect_endpoints(store, numbers["compile"])
     png = render_figure(data["rows"], numbers)
     md = render_markdown(numbers)
     files = {FIGURE: png}
+    if numbers["behaviour"]:
+        files[BEHAVIOUR_FIGURE] = render_behaviour_figure(numbers["behaviour"], numbers["run"])
     if numbers["compile"] is not None:
         files[COMPILE_FIGURE] = render_compile_figure(numbers["compile"], numbers["run"])
+    if numbers["endpoints"] is not None:
+        files[ENDPOINTS_FIGURE] = render_endpoints_figure(numbers["endpoints"], numbers["run"])
     js = (json.dumps(numbers, indent=1, sort_keys=True) + "\n").encode()
     files.update({MARKDOWN: md.encode(), JSON_NAME: js})
     for name, blob in files.items():
@@ -69,6 +82,11 @@ def write_report(store: ObjectStore, out_dir: Path | None = None) -> dict[str, s
         if not (path.exists() and path.read_bytes() == blob):
             path.write_bytes(blob)
     out = {"markdown": str(local / MARKDOWN), "figure": str(local / FIGURE), "json": str(local / JSON_NAME)}
-    if COMPILE_FIGURE in files:
-        out["compileFigure"] = str(local / COMPILE_FIGURE)
+    for key, name in (
+        ("behaviourFigure", BEHAVIOUR_FIGURE),
+        ("compileFigure", COMPILE_FIGURE),
+        ("endpointsFigure", ENDPOINTS_FIGURE),
+    ):
+        if name in files:
+            out[key] = str(local / name)
     return out

@@ -53,7 +53,10 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     center = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
     # The bounds contain p exactly (k = n gives 1.0, not 0.9999999999999999: plots take hi - p as an error bar).
-    return (0.0 if k == 0 else min(p, max(0.0, center - half)), 1.0 if k == n else max(p, min(1.0, center + half)))
+    return (
+        0.0 if k == 0 else min(p, max(0.0, center - half)),
+        1.0 if k == n else max(p, min(1.0, center + half)),
+    )
 
 
 def paired_difference(a: list[bool], b: list[bool], z: float = 1.96) -> dict[str, Any]:
@@ -156,3 +159,28 @@ def auc_interval(
         vals.append(auc(p, q))
     vals.sort()
     return vals[int(0.025 * (resamples - 1))], vals[math.ceil(0.975 * (resamples - 1))]
+
+
+def roc_curve(
+    positives: Sequence[float], negatives: Sequence[float], *, max_points: int = 201
+) -> list[tuple[float, float]] | None:
+    """ROC points (false-positive rate, true-positive rate) from (0, 0) to (1, 1), one per distinct score
+    threshold, highest threshold first (tied scores move both rates at once, as `auc` counts them). Thinned
+    to at most `max_points` points, always keeping both ends. None when either class is empty."""
+    if not positives or not negatives:
+        return None
+    scored = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives], key=lambda t: -t[0])
+    n_pos, n_neg = len(positives), len(negatives)
+    points, tp, fp, i = [(0.0, 0.0)], 0, 0, 0
+    while i < len(scored):
+        j = i
+        while j < len(scored) and scored[j][0] == scored[i][0]:
+            tp += scored[j][1]
+            fp += 1 - scored[j][1]
+            j += 1
+        points.append((fp / n_neg, tp / n_pos))
+        i = j
+    if len(points) > max_points:
+        step = (len(points) - 1) / (max_points - 1)
+        points = [points[round(k * step)] for k in range(max_points)]
+    return points

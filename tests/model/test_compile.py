@@ -381,6 +381,11 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     partials = sum(len(r["partials"]) for s in ("heldout", "gsm8k-test")
                    for r in store.get_jsonl(RunLayout.eval_outcomes("flow-untrained", s)))
     assert stop["partials"] == partials and set(stop) >= {"untrained", "trained"}
+    # Every partial's label and P(yes) per Stop model are stored beside the table (the report's ROC curves).
+    scores = store.get_json(RunLayout.eval_stop)["scores"]
+    assert "scores" not in stop and sum(scores["complete"]) == stop["complete"]
+    assert len(scores["untrained"]) == len(scores["trained"]) == partials
+    assert all(0.0 <= p <= 1.0 for p in scores["untrained"] + scores["trained"])
     # The report compares flow rows with several samples per question by a bootstrap clustered by question.
     from flowdpo.report.compile_table import collect_compile
 
@@ -407,6 +412,12 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     assert main(["eval", str(run_file), "--no-progress"]) == 0
     again = store.get_json(RunLayout.eval_table_json)
     assert [r["results"] for r in again["rows"]] == [r["results"] for r in table["rows"]]
+    # A Stop result stored without per-partial scores (an older flowdpo) is recomputed: the model is needed.
+    stored_stop = store.get_json(RunLayout.eval_stop)
+    store.put_json(RunLayout.eval_stop, {k: v for k, v in stored_stop.items() if k != "scores"})
+    with pytest.raises(AssertionError, match="reloaded the model"):
+        main(["eval", str(run_file), "--no-progress"])
+    store.put_json(RunLayout.eval_stop, stored_stop)
     # --rows evaluates only the rows named (a control run's trained flow); an unknown row is refused.
     assert main(["eval", str(run_file), "--no-progress", "--rows", "flow-trained"]) == 0
     assert [r["row"] for r in store.get_json(RunLayout.eval_table_json)["rows"]] == ["flow-trained"]

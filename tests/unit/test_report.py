@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_write_report_files_in_store_and_local(run, tmp_path):
     store = run[0]
     out = tmp_path / "out"
     paths = write_report(store, out_dir=out)
-    assert set(paths) == {"markdown", "figure", "json"}
+    assert set(paths) == {"markdown", "figure", "json", "behaviourFigure"}
     for p in paths.values():
         assert p.startswith(str(out.resolve()))
     for name in ("progress.png", "report.md", "report.json"):
@@ -371,3 +372,139 @@ def test_report_shows_the_token_budget(tmp_path):
     assert "Token budget: 3 of 4 zero-shot answers (75.0%" in md and "budget of 960 tokens" in md
     assert "p50 41, p90 > 960 tokens" in md
     assert json.loads((tmp_path / "out" / "report.json").read_text())["tokenBudget"]["fit"]["correct"] == 3
+
+
+# -- held-out endpoints (flow rows of `flowdpo eval`) ------------------------------------------------
+def _write_flow_eval(store, *, with_scores: bool = True) -> dict:
+    """An evaluated run with the flow rows: 6 questions x 2 samples for the trained and untrained flow and one
+    pass sampled like them, and the Stop discrimination as `flowdpo eval` stores it."""
+    from flowdpo.compile.eval_table import ROW_LABELS, cell
+
+    # trained right on q0-q3 (both samples), untrained on q0 (both) and q1 (one sample), one pass on q0-q2.
+    right = {
+        "flow-trained": lambda q, s: q < 4,
+        "flow-untrained": lambda q, s: q == 0 or (q == 1 and s == 0),
+        "zero-shot-sampled": lambda q, s: q < 3,
+    }
+    ends = {  # (endReason, extracted) per question, the same for both samples
+        "flow-trained": lambda q: ("eos", "1") if q < 5 else ("max_chunks", None),
+        "flow-untrained": lambda q: ("stop", None) if q >= 3 else ("eos", "1"),
+        "zero-shot-sampled": lambda q: (None, "1"),  # an older one-pass record: no end reason, tokens tell
+    }
+    rows = []
+    for row, ok in right.items():
+        recs = []
+        for q in range(6):
+            for s in range(2):
+                reason, extracted = ends[row](q)
+                rec = {"question": f"q{q}", "exampleId": f"e{q}", "sample": s, "correct": ok(q, s),
+                       "extracted": extracted, "tokens": 64 if q == 5 else 20}
+                if reason is not None:
+                    rec["endReason"] = reason
+                recs.append(rec)
+        store.put(RunLayout.eval_outcomes(row, "heldout"), "".join(json.dumps(r) + "\n" for r in recs).encode())
+        rows.append({"row": row, "label": ROW_LABELS[row], "results": {"heldout": cell(recs, 2)}})
+    stop = {
+        "partials": 6, "complete": 3,
+        "untrained": {"auc": 0.5, "aucCi95": [0.1, 0.9], "meanPYesComplete": 0.4, "meanPYesIncomplete": 0.4},
+        "trained": {"auc": 1.0, "aucCi95": [1.0, 1.0], "meanPYesComplete": 0.8, "meanPYesIncomplete": 0.1},
+    }
+    stored = dict(stop, fingerprint="x")
+    if with_scores:
+        stored["scores"] = {
+            "complete": [True, True, True, False, False, False],
+            "untrained": [0.4, 0.6, 0.2, 0.4, 0.6, 0.2],
+            "trained": [0.9, 0.8, 0.7, 0.2, 0.1, 0.0],
+        }
+    store.put_json(RunLayout.eval_stop, stored)
+    store.put_json(
+        RunLayout.eval_table_json,
+        {"run": "synth", "model": "tiny", "temperature": 0.0, "maxNewTokens": 64, "tracesPerSource": None,
+         "sets": [{"id": "heldout", "title": "held-out tasks", "questions": 6}], "rows": rows,
+         "stopDiscrimination": stop},
+    )
+    return stop
+
+
+def test_report_opens_with_the_held_out_endpoints(run, tmp_path):
+    from flowdpo.report.stats import clustered_bootstrap_difference
+
+    store = run[0]
+    _write_flow_eval(store)
+    out = tmp_path / "out"
+    paths = write_report(store, out_dir=out)
+    assert Path(paths["endpointsFigure"]).read_bytes().startswith(PNG_MAGIC)
+    assert store.exists(f"{RunLayout.report_dir}/endpoints.png")
+    e = json.loads((out / "report.json").read_text())["endpoints"]
+    # Primary: trained minus untrained, per question: q0 0, q1 1-0.5, q2 1, q3 1, q4 0, q5 0 -> 2.5/6.
+    p = e["primary"]
+    assert (p["first"], p["second"]) == ("flow-trained", "flow-untrained")
+    assert p["difference"] == pytest.approx(2.5 / 6)
+    want = clustered_bootstrap_difference(
+        [[q < 4] * 2 for q in range(6)], [[q == 0, q in (0, 1)] for q in range(6)]
+    )
+    assert p["ci95"] == pytest.approx(want["ci95"]) and p["ci95"][0] > 0
+    assert "first is better" in p["verdict"]
+    rows = e["sets"][0]["rows"]
+    # Trained: 5 questions end by EOS, q5 runs out of budget without a final answer.
+    assert rows["flow-trained"]["ends"]["eos"] == pytest.approx(5 / 6)
+    assert rows["flow-trained"]["ends"]["budgetTruncated"] == pytest.approx(1 / 6)
+    assert rows["flow-untrained"]["ends"]["stop"] == pytest.approx(0.5)
+    # One pass without end reasons: q5 used the whole 64-token budget (with an answer), the rest ended.
+    assert rows["zero-shot-sampled"]["ends"]["budgetAnswered"] == pytest.approx(1 / 6)
+    assert rows["zero-shot-sampled"]["ends"]["eos"] == pytest.approx(5 / 6)
+    # The ROC curves come from the stored scores; their area is the stored AUC (ties counted half).
+    for name, auc_value in (("untrained", 0.5), ("trained", 1.0)):
+        roc = e["stop"][name]["roc"]
+        assert roc[0] == [0.0, 0.0] and roc[-1] == [1.0, 1.0]
+        area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(roc))
+        assert area == pytest.approx(auc_value)
+    md = (out / "report.md").read_text()
+    assert md.index("## Held-out evaluation") < md.index("](progress.png)")
+    assert "**Trained flow minus untrained flow** on `heldout`: **+41.7 pp" in md
+    assert "6 questions x 2 samples, bootstrap clustered by question" in md
+    assert "| trained | 1.000 (1.000-1.000) | 0.800 / 0.100 |" in md
+
+
+def test_endpoints_without_stop_scores_or_without_the_untrained_flow(run, tmp_path):
+    store = run[0]
+    _write_flow_eval(store, with_scores=False)
+    write_report(store, out_dir=tmp_path / "a")
+    e = json.loads((tmp_path / "a" / "report.json").read_text())["endpoints"]
+    assert "roc" not in e["stop"]["trained"] and e["stop"]["trained"]["auc"] == 1.0
+    assert (tmp_path / "a" / "endpoints.png").read_bytes().startswith(PNG_MAGIC)
+    # Only the trained flow evaluated (a control run's `--rows flow-trained`): no primary, said so.
+    table = store.get_json(RunLayout.eval_table_json)
+    table["rows"] = [r for r in table["rows"] if r["row"] == "flow-trained"]
+    table.pop("stopDiscrimination")
+    store.put_json(RunLayout.eval_table_json, table)
+    store.delete(RunLayout.eval_stop)
+    write_report(store, out_dir=tmp_path / "b")
+    e = json.loads((tmp_path / "b" / "report.json").read_text())["endpoints"]
+    assert e["primary"] is None and e["stop"] is None and list(e["sets"][0]["rows"]) == ["flow-trained"]
+    assert "no trained-vs-untrained comparison" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_behaviour_figure_from_four_examples_on(run, tmp_path):
+    paths = write_report(run[0], out_dir=tmp_path)
+    assert Path(paths["behaviourFigure"]).read_bytes().startswith(PNG_MAGIC)
+    assert "](behaviour.png)" in (tmp_path / "report.md").read_text()
+
+
+def test_roc_curve_hand_example_ties_and_thinning():
+    from flowdpo.report.stats import auc, roc_curve
+
+    assert roc_curve([0.9, 0.5], [0.5, 0.1]) == [(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    assert roc_curve([], [0.1]) is None and roc_curve([0.1], []) is None
+    import random
+
+    rng = random.Random(3)
+    pos = [rng.random() + 0.3 for _ in range(500)]
+    neg = [rng.random() for _ in range(700)]
+    full = roc_curve(pos, neg, max_points=10_000)
+    assert len(full) == 1201
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(full))
+    assert area == pytest.approx(auc(pos, neg))
+    thin = roc_curve(pos, neg, max_points=50)
+    assert len(thin) == 50 and thin[0] == (0.0, 0.0) and thin[-1] == (1.0, 1.0)
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in itertools.pairwise(thin))
