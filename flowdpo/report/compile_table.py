@@ -180,28 +180,7 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
                 f"- {d['set']}: {d['firstLabel']} vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; "
                 f"{detail}): {verdict}."
             )
-    stop = c.get("stopDiscrimination")
-    if stop and stop.get("untrained"):
-        lines += [
-            "",
-            (
-                f"The Stop decision on the untrained flow's {stop['partials']} held-out partial answers "
-                f"({stop['complete']} already right: stopping there would be graded correct):"
-            ),
-            "",
-            "| Stop model | AUC of P(yes), right vs not (95% CI) | mean P(yes) right / not |",
-            "|---|---|---|",
-        ]
-        for name in ("untrained", "trained"):
-            st = stop.get(name) or {}
-            auc_s = "-" if st.get("auc") is None else f"{st['auc']:.3f}"
-            if st.get("aucCi95"):
-                auc_s += f" ({st['aucCi95'][0]:.3f}-{st['aucCi95'][1]:.3f})"
-            means = " / ".join(
-                "-" if st.get(k) is None else f"{st[k]:.3f}"
-                for k in ("meanPYesComplete", "meanPYesIncomplete")
-            )
-            lines.append(f"| {name} | {auc_s} | {means} |")
+    # The Stop decision's discrimination is shown with the held-out endpoints (flowdpo/report/endpoints.py).
     lines.append("")
     return "\n".join(lines)
 

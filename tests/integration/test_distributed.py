@@ -112,6 +112,18 @@ class Cluster:
     def logs(self, tail: int = 2500) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-tail:]}" for p in sorted(self.tmp.glob("*.log")))
 
+    def held_shard(self, after_one_done: bool = False) -> dict | None:
+        """The claim of a shard some worker holds without its results yet (None if there is none, or with
+        `after_one_done` while no shard has results yet)."""
+        done = {RunLayout.shard_index(k) for k in self.store.list(RunLayout.results_root)}
+        if after_one_done and not done:
+            return None
+        for key in self.store.list(RunLayout.claims_root):
+            parsed = RunLayout.parse_claim(key)
+            if parsed and parsed[1] == "attempt" and parsed[0] not in done:
+                return self.store.get_json(key)
+        return None
+
     def consumed(self) -> int:
         pointer = self.store.get_json_or(RunLayout.trainer_latest)
         return RunLayout.consumed_of_state(pointer["key"]) if pointer else 0
@@ -231,15 +243,7 @@ def test_worker_killed_mid_shard_loses_its_lease_and_the_other_takes_over(cluste
     c.worker("w2")
     c.trainer()
 
-    def held_shard():
-        done = {RunLayout.shard_index(k) for k in c.store.list(RunLayout.results_root)}
-        for key in c.store.list(RunLayout.claims_root):
-            parsed = RunLayout.parse_claim(key)
-            if parsed and parsed[1] == "attempt" and parsed[0] not in done:
-                return c.store.get_json(key)
-        return None
-
-    victim = c.wait_for("a worker in the middle of a shard", held_shard, step=0.05)
+    victim = c.wait_for("a worker in the middle of a shard", c.held_shard, step=0.05)
     c.kill(victim["worker"])
     c.procs.pop(victim["worker"])  # it died for good; the rest must finish without it
     shard = victim["shard"]

@@ -120,17 +120,8 @@ spec:
         c.worker("w1")
         c.trainer()
 
-        def held_mid_shard():  # w1 holds a shard without results, after it finished at least one
-            done = {RunLayout.shard_index(k) for k in c.store.list(RunLayout.results_root)}
-            if not done:
-                return None
-            for key in c.store.list(RunLayout.claims_root):
-                parsed = RunLayout.parse_claim(key)
-                if parsed and parsed[1] == "attempt" and parsed[0] not in done:
-                    return c.store.get_json(key)
-            return None
-
-        victim = c.wait_for("w1 in the middle of a shard", held_mid_shard, step=0.05)
+        # w1 holds a shard without results, after it finished at least one
+        victim = c.wait_for("w1 in the middle of a shard", lambda: c.held_shard(after_one_done=True), step=0.05)
         os.killpg(c.procs["w1"].pid, signal.SIGKILL)
         c.procs.pop("w1").wait()
         shard = victim["shard"]
