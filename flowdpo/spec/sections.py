@@ -105,11 +105,15 @@ class TrainingSpec(SpecModel):
         lt=1.0,
         description="Learning rate of the Stop adapter if it should differ (its pairs are single tokens).",
     )
-    beta: float = Field(1.0, gt=0.0, description="DPO beta (paper: 1.0).")
+    beta: float = Field(
+        1.0, gt=0.0, le=1000.0, description="DPO beta (paper: 1.0); above ~100 the loss saturates and stops learning."
+    )
     batch_size: int = Field(32, le=65536, ge=1, description="Pairs per optimizer step, per adapter (paper: 32).")
     micro_batch_size: int = Field(8, le=65536, ge=1, description="Pairs per forward/backward pass (memory bound).")
-    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping (paper: 1.0).")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6, description="Gradient-norm clipping (paper: 1.0).")
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, description="AdamW weight decay (decoupled: each step scales weights by 1 - lr x decay)."
+    )
     train_answer: bool = Field(True, description="Train the Answer adapter.")
     train_stop: bool = Field(True, description="Train the Stop adapter.")
     shuffle_preferences: bool = Field(
@@ -280,8 +284,10 @@ class SftSpec(SpecModel):
     gradient_accumulation: int = Field(
         2, le=4096, ge=1, description="Passes accumulated per optimizer step (paper: 2; one step sees batchSize x this)."
     )
-    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clipping (paper: 1.0).")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0.0, le=1e6, description="Gradient-norm clipping (paper: 1.0).")
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, description="AdamW weight decay (decoupled: each step scales weights by 1 - lr x decay)."
+    )
     max_length: int = Field(1024, le=1_048_576, ge=16, description="Max tokens of prompt + trace (longer ones are truncated).")
     max_steps: int | None = Field(
         None, le=10_000_000, ge=1, description="Stop after this many optimizer steps (CPU-scale smoke runs; None = all epochs)."

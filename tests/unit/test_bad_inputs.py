@@ -185,3 +185,94 @@ def test_bad_data_rows_are_skipped_counted_and_shown(tmp_path):
     progress = build_progress("demo", "Training", TrainerState(), manifest)
     assert progress["dataSkipped"] == report.skipped
     assert "data rows skipped   4 (2 x non-finite gold answer" in format_progress(progress)
+
+
+# -- every number of the spec, found by walking the model (fields added later are covered too) ----------
+def _numeric_fields():
+    """(camelCase path under spec, base type, lower bound, upper bound) of every int/float leaf field."""
+    import typing
+
+    import annotated_types
+    from pydantic import BaseModel
+
+    from flowdpo.spec import RunSpec
+
+    out = []
+
+    def flat(annotation, in_list=False):
+        """(type, inside a list?) of each alternative of an annotation (Optional and list unwrapped)."""
+        if typing.get_origin(annotation) is list:
+            return [t for a in typing.get_args(annotation) for t in flat(a, True)]
+        if typing.get_args(annotation) and typing.get_origin(annotation) is not typing.Literal:
+            return [t for a in typing.get_args(annotation) for t in flat(a, in_list)]
+        return [(annotation, in_list)]
+
+    def walk(model, path):
+        for name, f in model.model_fields.items():
+            key = f"{path}.{f.alias or name}"
+            options = flat(f.annotation)
+            sub = [(a, lst) for a, lst in options if isinstance(a, type) and issubclass(a, BaseModel)]
+            if sub:
+                walk(sub[0][0], f"{key}.0" if sub[0][1] else key)  # a list of sections: its first item
+                continue
+            base = next((a for a, lst in options if a in (int, float) and not lst), None)
+            if base is None:
+                continue
+            lo = next((m for m in f.metadata if isinstance(m, (annotated_types.Ge, annotated_types.Gt))), None)
+            hi = next((m for m in f.metadata if isinstance(m, (annotated_types.Le, annotated_types.Lt))), None)
+            out.append((key, base, lo, hi))
+
+    walk(RunSpec, "spec")
+    return out
+
+
+NUMERIC_FIELDS = _numeric_fields()
+
+
+# A valid item of each list of sections, for the fields inside it.
+LIST_ITEMS = {"data.tasks": {"name": "chain_sum"}, "compile.evaluation.sets": {"name": "heldout"}}
+
+
+def _nested(path: str, value) -> dict:
+    """{"a": {"b": value}} for "spec.a.b"; "spec.a.0.b" puts a valid list item with b = value in a."""
+    *parents, leaf = path.removeprefix("spec.").split(".")
+    patch = {leaf: value}
+    for i in range(len(parents) - 1, -1, -1):
+        if parents[i] == "0":
+            patch = [{**LIST_ITEMS[".".join(parents[:i])], **patch}]
+        else:
+            patch = {parents[i]: patch}
+    return patch
+
+
+def test_every_number_in_the_spec_has_both_bounds():
+    """An unbounded number lets one typo ask for 10^20 examples or an infinite beta: every int and float
+    field of the run spec declares a lower and an upper bound (the CRD carries them to the API server)."""
+    assert len(NUMERIC_FIELDS) > 30, NUMERIC_FIELDS  # the walk found the spec's numbers
+    unbounded = [path for path, _, lo, hi in NUMERIC_FIELDS if lo is None or hi is None]
+    assert not unbounded, f"numbers without a lower and an upper bound: {unbounded}"
+
+
+@pytest.mark.parametrize("path", [p for p, *_ in NUMERIC_FIELDS])
+def test_every_number_past_its_bound_or_of_the_wrong_type_is_refused_naming_it(path):
+    from flowdpo.spec import SpecError, parse_document
+
+    _, base, _, hi = next(f for f in NUMERIC_FIELDS if f[0] == path)
+    bound = getattr(hi, "le", None) if getattr(hi, "le", None) is not None else hi.lt
+    too_big = bound + 1 if base is int else (float("inf") if bound > 1 else bound * 2 + 1)
+    values = [too_big, "12", [1]] + ([float("nan")] if base is float else [1.5])
+    cluster_spec = {**QUICKSTART["spec"], "storage": {"uri": "s3://bucket/runs/{name}", "secretName": "s3"}}
+    for value in values:
+        body = {**QUICKSTART, "spec": _merge(QUICKSTART["spec"], _nested(path, value))}
+        with pytest.raises(SpecError) as e:
+            parse_document(body, "run.yaml")
+        assert f"  {path}: " in str(e.value), (value, str(e.value))
+        result = validate({**body, "metadata": {"name": "demo"}, "spec": _merge(cluster_spec, _nested(path, value))})
+        assert not result.ok and any(err.startswith(path) for err in result.errors), (value, result.errors)
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
