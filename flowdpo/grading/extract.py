@@ -228,6 +228,22 @@ def _is_bare(text: str) -> bool:
     )
 
 
+# A word standing alone between spaces ("She pays $12.50"); not a function or a product of variables
+# ("sqrt(2)", "sum_(k=1)^n", "-xy-yz").
+_WORD_RE = re.compile(r"(?<!\S)[A-Za-z]{2,}(?=[\s.,;:!?]|$)")
+# Words an answer expression may hold ("x = 1 or x = -2", "3 mod 4", "sin x", "no solution").
+_MATH_WORDS = frozenset(
+    {"or", "and", "mod", "pi", "inf", "infinity", "undefined", "dne", "none", "no", "yes", "true", "false"}
+    | {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp"}
+)
+
+
+def _prose_with_number(cand: str) -> bool:
+    """A candidate that is prose around a number ("She pays $12.50") rather than an answer expression."""
+    words = [w for w in _WORD_RE.findall(cand) if w.lower() not in _MATH_WORDS]
+    return bool(words) and ANY_NUMBER_RE.search(cand) is not None
+
+
 def _unmarked(text: str) -> str | None:
     """The answer of a text without answer statements (policy 3 of the module docstring)."""
     tail = _TRAILING_ASSIGNMENTS_RE.search(text.replace(MINUS, "-")[-400:])
@@ -309,7 +325,10 @@ def _extract(text: str, depth: int = 0) -> str | None:
             return new
         return anchor.candidate
     if _is_bare(text):
-        return finalize(text.strip())  # "-4", "2^(n-1)", "x = 1 or x = -2", "No"; "5 - 4" gives None
+        cand = finalize(text.strip())  # "-4", "2^(n-1)", "x = 1 or x = -2", "No"; "5 - 4" gives None
+        if cand is None or not _prose_with_number(cand):
+            return cand
+        # "She pays $12.50.": a short sentence around a number, not an answer expression: read it unmarked
     if unfinished:
         return None
     return _unmarked(text)

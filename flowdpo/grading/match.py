@@ -14,6 +14,7 @@ from flowdpo.grading.rules import (
     MAX_EXPONENT,
     MAX_FACTORIAL,
     MINUS,
+    NUMBER,
     PLAIN_NUMBER_RE,
     SIMPLE_VALUE_RE,
     log,
@@ -59,15 +60,22 @@ def _match_multi(gold: list[tuple[str | None, str]], pred: list[tuple[str | None
 # finding the answer in a text
 
 
+SCIENTIFIC_RE = re.compile(rf"^({NUMBER})[eE]([-+]?\d{{1,4}})$")
+
+
 def _as_decimal(s: str) -> Decimal | None:
     t = strip_wrappers(s.replace(MINUS, "-")).replace(" ", "")
     t = re.sub(r"^\\\$|^\$", "", t)
     if t.endswith(("\\%", "%")):
         t = t.rstrip("%").rstrip("\\")
-    if not PLAIN_NUMBER_RE.match(t):
+    sci = SCIENTIFIC_RE.match(t)  # "1.5e6", "2E-3": a plain number times a power of ten
+    if sci:
+        t, exponent = sci.group(1), int(sci.group(2))
+    elif not PLAIN_NUMBER_RE.match(t):
         return None
     try:
-        return Decimal(t.replace(",", ""))
+        value = Decimal(t.replace(",", ""))
+        return value.scaleb(exponent) if sci else value
     except InvalidOperation:
         return None
 

@@ -375,7 +375,24 @@ REAL = [
     ),
 ]
 
-NEW_CASES = TRUNCATED + CORRECTED + MARKERS + LATEX + MULTI_PART + PROCEDURAL + DATASET_FORMATS + REAL
+# A whole answer that is one short sentence around a number: the number, not the sentence; words that
+# belong to an answer expression keep it whole. Numbers in scientific notation compare by value.
+SHORT_SENTENCES = [
+    ("She pays $12.50.", "12.5", True, "12.50"),
+    ("She pays 12.50.", "12.5", True, "12.50"),
+    ("He has 7 left", "7", True, "7"),
+    ("They need 8 buses.", "9", False, "8"),
+    ("x = 1 or x = -2", "1, -2", True, "x = 1 or x = -2"),
+    ("No", "No", True, "No"),
+    ("The answer is 1e3", "1000", True, "1e3"),
+    ("The answer is 1.5E6.", "1500000", True, "1.5E6"),
+    ("The answer is 2e-3", "0.002", True, "2e-3"),
+    ("The answer is 1e3", "100", False, "1e3"),
+]
+
+NEW_CASES = (
+    TRUNCATED + CORRECTED + MARKERS + LATEX + MULTI_PART + PROCEDURAL + DATASET_FORMATS + REAL + SHORT_SENTENCES
+)
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
