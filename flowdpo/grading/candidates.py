@@ -110,7 +110,8 @@ def _leading_number(s: str, math_ctx: bool) -> str | None:
         if math_ctx or re.match(r"^!\s*[\w\\(=]", rest):
             return None  # a factorial: 5! (in math context), "5! = 120"
         return m.group(0).strip()  # prose: "The answer is 5!" is an exclamation
-    if re.match(r"^(?:\s*$|\s+[A-Za-z]|\s*[%,;:?)\]]|\s*\\(?:text|mbox|mathrm|,|;|quad)\b)", rest):
+    # (not "3:45" / "2:3": a time or a ratio is one value)
+    if re.match(r"^(?:\s*$|\s+[A-Za-z]|\s*(?:[%,;?)\]]|:(?!\d))|\s*\\(?:text|mbox|mathrm|,|;|quad)\b)", rest):
         return m.group(0).strip()
     return None
 
@@ -129,6 +130,10 @@ def _last_top_level_eq(s: str) -> int:
     return found
 
 
+_WORD_REMARK_RE = re.compile(r"\s+\((?:[A-Za-z][A-Za-z'.-]*\s*){1,4}\)\s*[.!]?$")
+_CLOCK_RE = re.compile(r"^(\d{1,2}:\d{2}(?::\d{2})?)\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
+
+
 def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     """Turn the text after an answer marker (or a box's content) into one final answer, or None.
 
@@ -142,6 +147,12 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     s = strip_wrappers(raw)
     if not s:
         return None
+    remark = _WORD_REMARK_RE.search(s)
+    if remark and re.search(r"[\d\\]", s[: remark.start()]):
+        s = s[: remark.start()]  # "7 (seven)", "12 (in total)": a remark in words after the value
+    time = _CLOCK_RE.match(s)
+    if time:
+        return time.group(1)  # "3:45 PM" -> 3:45 (a time of day is compared as written, without AM/PM)
     if split_parts(s) is not None:
         return s  # "3, 5", "x = 1 or x = -2": a multi-part answer, compared as a set
     lead = _leading_number(s, math_ctx)

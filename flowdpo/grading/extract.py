@@ -187,6 +187,9 @@ def _last_number(text: str) -> str | None:
     m = matches[-1]
     value = m.group(0)
     before = t[: m.start()].rstrip()
+    pair = re.search(r"(?<![\d.:])(\d+):$", before)
+    if pair:  # "3:45", "2:3": a time or a ratio is one value
+        return f"{pair.group(1)}:{value}"
     if before.endswith("{"):  # inside a LaTeX group: the answer is the trailing \frac{}{} / \sqrt{} whole
         latex = _TRAILING_LATEX_RE.search(t)
         return latex.group(1).replace(" ", "") if latex else None

@@ -192,8 +192,31 @@ def _strip_lhs(s: str) -> str:
     return strip_wrappers(s)[m.end() :] if m else s
 
 
+_COLON_VALUE_RE = re.compile(r"^(\d+)\s*:\s*(\d+)(?:\s*:\s*(\d+))?$")
+_CLOCK_VALUE_RE = re.compile(r"^\d{1,2}:\d{2}(?::\d{2})?$")
+
+
+def _colon_match(gold: str, pred: str) -> bool | None:
+    """Times and ratios ("3:45", "2:3"): two times are equal as written; otherwise as ratios (4:6 = 2:3).
+    None when either side is not such a value."""
+    g, p = strip_wrappers(gold).replace(" ", ""), strip_wrappers(pred).replace(" ", "")
+    gm, pm = _COLON_VALUE_RE.match(g), _COLON_VALUE_RE.match(p)
+    if not gm or not pm:
+        return None
+    gv = [int(x) for x in gm.groups() if x is not None]
+    pv = [int(x) for x in pm.groups() if x is not None]
+    if _CLOCK_VALUE_RE.match(g) and _CLOCK_VALUE_RE.match(p) or len(gv) != len(pv):
+        return gv == pv
+    if gv[1] == 0 or pv[1] == 0 or len(gv) == 3:
+        return gv == pv
+    return gv[0] * pv[1] == pv[0] * gv[1]
+
+
 def _single_match(gold: str, pred: str) -> bool:
     gold, pred = _strip_lhs(gold), _strip_lhs(pred)
+    colon = _colon_match(gold, pred)
+    if colon is not None:
+        return colon
     gd, pd = _as_decimal(gold), _as_decimal(pred)
     if gd is not None and pd is not None:
         return gd == pd

@@ -388,11 +388,26 @@ SHORT_SENTENCES = [
     ("The answer is 1.5E6.", "1500000", True, "1.5E6"),
     ("The answer is 2e-3", "0.002", True, "2e-3"),
     ("The answer is 1e3", "100", False, "1e3"),
+    ("Answer: 7 (seven)", "7", True, "7"),
+    ("The answer is 12 (in total).", "13", False, "12"),
 ]
 
-NEW_CASES = (
-    TRUNCATED + CORRECTED + MARKERS + LATEX + MULTI_PART + PROCEDURAL + DATASET_FORMATS + REAL + SHORT_SENTENCES
-)
+# Times and ratios are one value: never just the number before the colon (that made 3:45 "equal" 3:30).
+# Two times compare as written (AM/PM dropped); otherwise as ratios (4:6 = 2:3).
+TIMES_AND_RATIOS = [
+    ("The answer is 3:45", "3:30", False, "3:45"),
+    ("\\boxed{3:45}", "3:45", True, "3:45"),
+    ("So the time is 3:45 PM.", "3:45", True, "3:45"),
+    ("She arrives at 10:05 a.m.", "10:05", True, "10:05"),
+    ("The answer is 4:30", "2:15", False, "4:30"),
+    ("The ratio is 2:3", "2:3", True, "2:3"),
+    ("The ratio is 2:5", "2:3", False, "2:5"),
+    ("The ratio is 4:6", "2:3", True, "4:6"),
+    ("He left at 3:30 and came back 2 hours later at 5:30", "5:30", True, "5:30"),
+]
+
+NEW_CASES = TRUNCATED + CORRECTED + MARKERS + LATEX + MULTI_PART + PROCEDURAL + DATASET_FORMATS + REAL
+NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
