@@ -150,6 +150,9 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     remark = _WORD_REMARK_RE.search(s)
     if remark and re.search(r"[\d\\]", s[: remark.start()]):
         s = s[: remark.start()]  # "7 (seven)", "12 (in total)": a remark in words after the value
+    option = re.fullmatch(r"\(?([A-Z])\)?", s)
+    if option:
+        return option.group(1)  # a choice: "A", "(C)" (a capital letter alone is not the article "a")
     time = _CLOCK_RE.match(s)
     if time:
         return time.group(1)  # "3:45 PM" -> 3:45 (a time of day is compared as written, without AM/PM)

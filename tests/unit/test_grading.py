@@ -407,7 +407,15 @@ TIMES_AND_RATIOS = [
 ]
 
 NEW_CASES = TRUNCATED + CORRECTED + MARKERS + LATEX + MULTI_PART + PROCEDURAL + DATASET_FORMATS + REAL
-NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS
+# A choice letter alone is the answer (MATH's "\\text{(C)}" golds); "a" after "is" stays the article.
+CHOICES = [
+    ("\\boxed{A}", "A", True, "A"),
+    ("The answer is \\boxed{A}", "\\text{(A)}", True, "A"),
+    ("The answer is (C)", "\\text{(C)}", True, "C"),
+    ("The answer is (C)", "\\text{(D)}", False, "C"),
+    ("The answer is a", "A", False, None),
+]
+NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
