@@ -130,6 +130,8 @@ def _last_top_level_eq(s: str) -> int:
     return found
 
 
+_CURRENCY_RE = re.compile(r"^(?:USD|US\$|EUR|GBP|INR|Rs\.?|€|£|¥|₹)\s*(?=[-+]?\d)")
+_MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Za-z][\w\s'-]{0,30})?$")
 _WORD_REMARK_RE = re.compile(r"\s+\((?:[A-Za-z][A-Za-z'.-]*\s*){1,4}\)\s*[.!]?$")
 _CLOCK_RE = re.compile(r"^(\d{1,2}:\d{2}(?::\d{2})?)\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
 
@@ -150,6 +152,11 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     remark = _WORD_REMARK_RE.search(s)
     if remark and re.search(r"[\d\\]", s[: remark.start()]):
         s = s[: remark.start()]  # "7 (seven)", "12 (in total)": a remark in words after the value
+    s = _CURRENCY_RE.sub("", s)  # "USD 12", "Rs. 40", "€5"
+    mixed = _MIXED_RE.match(s)
+    if mixed and int(mixed.group(3)) < int(mixed.group(4)):  # "3 1/2" -> 7/2
+        sign, whole, num, den = mixed.group(1), *map(int, mixed.group(2, 3, 4))
+        return f"{sign}{whole * den + num}/{den}"
     option = re.fullmatch(r"\(?([A-Z])\)?", s)
     if option:
         return option.group(1)  # a choice: "A", "(C)" (a capital letter alone is not the article "a")

@@ -415,7 +415,17 @@ CHOICES = [
     ("The answer is (C)", "\\text{(D)}", False, "C"),
     ("The answer is a", "A", False, None),
 ]
-NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES
+# Mixed numbers are their value ("3 1/2" = 7/2, not 3 or 1/2); a currency code before the number is not part
+# of the answer.
+MIXED_AND_CURRENCY = [
+    ("The answer is 3 1/2", "3.5", True, "7/2"),
+    ("So she has 3 1/2 cups.", "7/2", True, "7/2"),
+    ("The answer is -2 1/4", "-9/4", True, "-9/4"),
+    ("The answer is 3 1/2", "3/2", False, "7/2"),
+    ("The answer is USD 12", "12", True, "12"),
+    ("The answer is Rs. 40", "41", False, "40"),
+]
+NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES + MIXED_AND_CURRENCY
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
