@@ -518,6 +518,10 @@ def test_extract_answer_priority() -> None:
         "The answer is " + ", ".join(str(i) for i in range(3_000)),  # a huge multi-part answer
         "Wait, " * 5_000 + "the answer is 7",
         ("The sum is 8" + ". " * 3 + "\n") * 3_000,
+        "\\boxed{1 (" + "a" * 20_000 + ")}",  # a long word remark after a value
+        "The answer is 1 (" + "a " * 5_000 + ")",  # a remark of many words
+        "The answer is " + "3:" * 10_000 + "4",  # a long chain of colons
+        "So " + "1 1/2 " * 3_000 + "cups",  # many mixed numbers
     ],
 )
 def test_pathological_inputs_are_fast(text: str) -> None:
