@@ -46,7 +46,13 @@ def strip_wrappers(s: str) -> str:
         s = re.sub(r"(?<![\d}])!+$", "", s).strip()  # "13!" is handled by the caller (factorial or not)
         s = re.sub(r"^\\\$", "", s)  # a currency sign "\$18.90"
         s = re.sub(r"^\\(?:displaystyle|textstyle)\s*", "", s)
-    return s
+        s = _VALUE_IN_TEXT_RE.sub(r"\1", s)  # "\mathbf{12}", "\text{5 apples}": the value inside
+    return _LATEX_THOUSANDS_RE.sub("", s)  # "1\,000", "1{,}000": one number
+
+
+# A LaTeX thousands separator between digit groups: thin space, space, or a braced comma.
+_LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\,|\\ |\\;|\{,\})(?=\d{3}(?!\d))")
+_VALUE_IN_TEXT_RE = re.compile(r"^\\(?:text|textbf|textrm|mathbf|mathrm|boldsymbol|mbox)\{([-+]?\d[^{}]*)\}$")
 
 
 def is_unfinished(text: str, strict: bool = False) -> bool:

@@ -425,7 +425,18 @@ MIXED_AND_CURRENCY = [
     ("The answer is USD 12", "12", True, "12"),
     ("The answer is Rs. 40", "41", False, "40"),
 ]
-NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES + MIXED_AND_CURRENCY
+# LaTeX number formatting: a thin-space thousands separator joins the groups (it was read as "1" of "1\\,000"),
+# a value wrapped in \\text / \\mathbf is the value; a word answer in \\text stays whole.
+LATEX_NUMBERS = [
+    ("\\boxed{1\\,000}", "1000", True, "1000"),
+    ("\\boxed{1\\,000}", "1", False, "1000"),
+    ("The answer is 1\\,234\\,567.", "1234567", True, "1234567"),
+    ("\\boxed{1{,}000}", "1000", True, "1000"),
+    ("\\boxed{\\mathbf{12}}", "12", True, "12"),
+    ("\\boxed{\\text{5 apples}}", "5", True, "5"),
+    ("\\boxed{\\text{no solution}}", "\\text{no solution}", True, "\\text{no solution}"),
+]
+NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES + MIXED_AND_CURRENCY + LATEX_NUMBERS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
