@@ -13,6 +13,24 @@ from flowdpo.names import ADAPTERS
 MIN_HELDOUT_PAIRS = 10  # fewer held-out pairs than this: too few to tell
 
 
+def _stop_verdict(verdict: str, held: list[dict], stop: dict | None) -> str:
+    """The Stop verdict, qualified: pairs that all prefer one side ("do not stop yet") can be learned as a
+    prior (never stop) with perfect held-out accuracy, which says nothing about telling complete partial
+    answers from incomplete ones; the AUC of P(yes) on held-out nodes does, when both kinds were held out."""
+    yes = sum(1 for p in held if p.get("chosenText") == "yes")
+    if verdict.startswith("learnable") and yes in (0, len(held)):
+        side = "yes" if yes else "no"
+        verdict = (
+            f"one-sided: every held-out Stop pair prefers '{side}', so the held-out accuracy shows a learned prior "
+            f"({'always' if yes else 'never'} stop), not that the adapter tells complete answers from incomplete ones"
+        )
+    auc, ci = (stop or {}).get("auc"), (stop or {}).get("aucCi95")
+    if auc is not None and ci:
+        shown = "discriminates" if ci[0] > 0.5 else "no discrimination shown"
+        verdict += f"; {shown} (AUC of P(yes) {auc:.2f}, 95% CI {ci[0]:.2f}-{ci[1]:.2f})"
+    return verdict
+
+
 def summarize(doc, settings, key, lengths, results, pairs, train, held, fits, base_stop) -> dict:
     n = len(results)
     counts = {a: sum(1 for p in pairs if p["adapter"] == a) for a in ADAPTERS}
@@ -31,6 +49,8 @@ def summarize(doc, settings, key, lengths, results, pairs, train, held, fits, ba
             verdict[a] = "learnable signal: held-out pair accuracy above 50% (lower bound of its interval)"
         else:
             verdict[a] = "no detectable signal: held-out pair accuracy not distinguishable from 50%"
+        if a == "stop":
+            verdict[a] = _stop_verdict(verdict[a], held_a, top.get("stop"))
     return {
         "run": doc.name,
         "key": key,

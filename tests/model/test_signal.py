@@ -51,6 +51,33 @@ def test_verdict_needs_enough_held_out_pairs_and_an_interval_above_one_half():
     assert few["verdict"]["answer"].startswith("too few pairs")
 
 
+def test_a_one_sided_stop_preference_is_called_a_prior_not_a_signal():
+    """Stop pairs that all prefer "no" are learned perfectly by an adapter that never stops: the verdict says
+    so, and reports the discrimination (AUC) when both kinds of node were held out."""
+    from flowdpo.spec import RunDocument
+
+    doc = RunDocument.model_validate({"apiVersion": "flowdpo.dev/v1alpha1", "kind": "FlowDPORun",
+                                      "metadata": {"name": "v"}, "spec": {}})
+    lengths = {"budget": 96, "lengths": [10, 20]}
+
+    def stop_fit(auc=None, ci=None):
+        stop = {"auc": auc, "aucCi95": ci} if auc is not None else None
+        return {"lr": 1e-4, "epochs": [{"epoch": 1, "heldout": {"accuracy": 1.0, "ci95": [0.9, 1.0], "pairs": 40}}],
+                "stop": stop}
+
+    def verdict(held, fit):
+        return summarize(doc, SignalSettings(), "k", lengths, [], held, [], held, {"answer": [], "stop": [fit]}, None)[
+            "verdict"]["stop"]
+
+    no_only = [{**_pair(q, 0, "stop"), "chosenText": "no"} for q in range(40)]
+    assert verdict(no_only, stop_fit()).startswith("one-sided: every held-out Stop pair prefers 'no'")
+    assert "never stop" in verdict(no_only, stop_fit())
+    mixed = no_only[:30] + [_pair(q, 1, "stop") for q in range(10)]
+    assert verdict(mixed, stop_fit(0.9, [0.8, 0.97])).startswith("learnable signal")
+    assert verdict(mixed, stop_fit(0.9, [0.8, 0.97])).endswith("discriminates (AUC of P(yes) 0.90, 95% CI 0.80-0.97)")
+    assert "no discrimination shown" in verdict(mixed, stop_fit(0.55, [0.4, 0.7]))
+
+
 @pytest.mark.slow
 def test_offline_dpo_learns_consistent_pairs_and_not_shuffled_ones():
     """The measuring stick itself: pairs that always prefer one answer style are learned (held-out accuracy
