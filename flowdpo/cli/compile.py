@@ -1,7 +1,7 @@
 """`flowdpo compile` and `flowdpo eval` (after `flowdpo run` has trained the flow).
 
     flowdpo compile RUN.yaml [--traces-only] [--allow-unfinished]   traces (3 sources, equal data) + SFT
-    flowdpo eval RUN.yaml [--allow-unfinished]                      the compile table (eval/table.md)
+    flowdpo eval RUN.yaml [--allow-unfinished] [--stored-only]      the compile table (eval/table.md)
     flowdpo judge RUN.yaml --judge-url URL --judge-model M          pairwise LLM judge of two trace sources
 
 Both read the run's storage from the run file (or --storage); the file's `compile` section may be added or
@@ -53,6 +53,7 @@ def cmd_eval(args) -> int:
         require_finished=not args.allow_unfinished,
         show_progress=not args.no_progress,
         only=[r.strip() for r in args.rows.split(",")] if args.rows else None,
+        stored_only=args.stored_only,
     )
     print(render_table(table))
     root = open_store(doc.storage_uri()).local_root
@@ -88,6 +89,11 @@ def add_subparsers(sub) -> None:
         "--rows",
         help="evaluate only these rows, comma-separated (zero-shot, sft-<source>, flow-trained, flow-untrained, "
         "zero-shot-sampled)",
+    )
+    e.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="rebuild the table from stored outcomes; fail instead of answering a row again",
     )
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)

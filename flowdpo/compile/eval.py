@@ -94,10 +94,13 @@ def evaluate_run(
     require_finished: bool = True,
     show_progress: bool = False,
     only: Sequence[str] | None = None,
+    stored_only: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the 0-shot base model and every SFT model of the run; write eval/ and return the table.
     `only`: evaluate just these rows (e.g. the trained flow of a control run whose other rows would repeat
-    another run's)."""
+    another run's). `stored_only`: rebuild the table from stored outcomes and refuse (CompileError, before
+    any model is loaded) if a row would have to be answered again, e.g. after an upgrade changed its
+    questions or settings; what an older flowdpo did not store (the Stop scores) is still added."""
     spec = doc.spec
     ev = spec.compile.evaluation
     store = open_run(doc, require_finished=require_finished)
@@ -124,6 +127,21 @@ def evaluate_run(
     backend = prompts = flow_backend = flow_prompts = None
     out_rows = []
     everything = [ex for _, examples, _ in sets for ex in examples]  # one batched call per row
+    if stored_only:
+        missing = [
+            f"{row} on {es.id}"
+            for row in rows
+            for es, examples, _ in sets
+            if _stored_outcomes(
+                store, row, es.id, examples, _row_fingerprint(doc, store, row, max_new), samples_per_question(doc, row)
+            )
+            is None
+        ]
+        if missing:
+            raise CompileError(
+                f"--stored-only: no stored outcomes match the current questions and settings for {', '.join(missing)}"
+                " (run without --stored-only to answer them again)"
+            )
     for row in rows:
         adapter = None if row == ZERO_SHOT else row
         k = samples_per_question(doc, row)

@@ -311,7 +311,7 @@ def _finished_run(doc) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
+def test_compile_then_eval_end_to_end(tmp_path, monkeypatch, capsys):
     from pathlib import Path
 
     from safetensors.torch import load as load_safetensors
@@ -418,6 +418,14 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="reloaded the model"):
         main(["eval", str(run_file), "--no-progress"])
     store.put_json(RunLayout.eval_stop, stored_stop)
+    # --stored-only rebuilds the table without a model; a row whose settings changed is refused, not re-answered.
+    assert main(["eval", str(run_file), "--no-progress", "--stored-only"]) == 0
+    changed = yaml.safe_load(run_file.read_text())
+    changed["spec"]["compile"]["evaluation"]["temperature"] = 0.5
+    changed_file = run_file.with_name("changed.yaml")
+    changed_file.write_text(yaml.safe_dump(changed))
+    assert main(["eval", str(changed_file), "--no-progress", "--stored-only"]) == 2
+    assert "--stored-only: no stored outcomes match" in capsys.readouterr().err
     # --rows evaluates only the rows named (a control run's trained flow); an unknown row is refused.
     assert main(["eval", str(run_file), "--no-progress", "--rows", "flow-trained"]) == 0
     assert [r["row"] for r in store.get_json(RunLayout.eval_table_json)["rows"]] == ["flow-trained"]
