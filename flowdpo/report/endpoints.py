@@ -84,11 +84,16 @@ def _stop_section(store: ObjectStore, table: dict) -> dict[str, Any] | None:
     if not summary or not summary.get("untrained"):
         return None
     out = {k: v for k, v in summary.items()}
-    scores = stored.get("scores") or {}
+    scores = stored.get("scores") if isinstance(stored.get("scores"), dict) else {}
     labels = scores.get("complete")
+    if not (isinstance(labels, list) and all(isinstance(c, bool) for c in labels)):
+        labels = None  # damaged or absent: the table keeps its AUCs, the figure says there is no curve
     for name in ("untrained", "trained"):
         p = scores.get(name)
-        if labels and p and len(p) == len(labels) and name in out:
+        valid = isinstance(p, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in p
+        )
+        if labels and valid and len(p) == len(labels) and isinstance(out.get(name), dict):
             pos = [x for x, c in zip(p, labels) if c]
             neg = [x for x, c in zip(p, labels) if not c]
             out[name] = {**out[name], "roc": roc_curve(pos, neg)}
@@ -111,7 +116,7 @@ def collect_endpoints(store: ObjectStore, compile_section: dict[str, Any] | None
             key = RunLayout.eval_outcomes(row, s["id"])
             if not store.exists(key):
                 continue
-            outcomes = store.get_jsonl(key)
+            outcomes = [r for r in store.get_jsonl(key) if isinstance(r, dict)]
             cell = next(r for r in compile_section["rows"] if r["row"] == row)["results"].get(s["id"]) or {}
             rows[row] = {
                 "label": labels[row],

@@ -485,6 +485,26 @@ def test_endpoints_without_stop_scores_or_without_the_untrained_flow(run, tmp_pa
     assert "no trained-vs-untrained comparison" in (tmp_path / "b" / "report.md").read_text()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"trained": ["a", None, {}, 1, 2, 3]},  # not probabilities
+        {"trained": [0.5, 0.5]},  # another length than the labels
+        {"complete": "yes"},  # labels not a list of booleans
+    ],
+)
+def test_damaged_stop_scores_lose_their_curve_not_the_report(run, tmp_path, damage):
+    store = run[0]
+    _write_flow_eval(store)
+    stored = store.get_json(RunLayout.eval_stop)
+    stored["scores"].update(damage)
+    store.put_json(RunLayout.eval_stop, stored)
+    write_report(store, out_dir=tmp_path)
+    stop = json.loads((tmp_path / "report.json").read_text())["endpoints"]["stop"]
+    assert "roc" not in stop["trained"] and stop["trained"]["auc"] == 1.0
+    assert ("roc" in stop["untrained"]) == ("complete" not in damage)
+
+
 def test_behaviour_figure_from_four_examples_on(run, tmp_path):
     paths = write_report(run[0], out_dir=tmp_path)
     assert Path(paths["behaviourFigure"]).read_bytes().startswith(PNG_MAGIC)
