@@ -21,11 +21,59 @@ FIGURE = "compile.png"
 FLOW_ROW = SFT_FLOW_ROW
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _cell_ok(c: Any) -> bool:
+    ci = c.get("ci95") if isinstance(c, dict) else None
+    return (
+        isinstance(c, dict)
+        and isinstance(c.get("examples"), int)
+        and isinstance(c.get("correct"), int)
+        and (c.get("accuracy") is None or _is_number(c["accuracy"]))
+        and (ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_is_number, ci))))
+    )
+
+
+def read_eval_table(store: ObjectStore) -> dict[str, Any] | None:
+    """`eval/table.json` as `flowdpo eval` writes it, or None when the run has not been evaluated; a table
+    of another shape (damaged, edited by hand) is a CorruptObjectError naming what is wrong."""
+    from flowdpo.storage.store import CorruptObjectError
+
+    table = store.get_json_or(RunLayout.eval_table_json)
+    if table is None:
+        return None
+    problem = None
+    rows, sets = (table.get("rows"), table.get("sets")) if isinstance(table, dict) else (None, None)
+    if not isinstance(table, dict):
+        problem = "not a JSON object"
+    elif not isinstance(sets, list) or not all(
+        isinstance(x, dict) and isinstance(x.get("id"), str) for x in sets
+    ):
+        problem = "'sets' is not a list of eval sets with an 'id'"
+    elif not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("row"), str) and isinstance(r.get("results"), dict)
+        for r in rows
+    ):
+        problem = "'rows' is not a list of rows with 'row' and 'results'"
+    elif not all(_cell_ok(c) for r in rows for c in r["results"].values()):
+        problem = "a row's result is not a cell with examples, correct, accuracy and ci95"
+    if problem:
+        raise CorruptObjectError(f"{store.uri}/{RunLayout.eval_table_json}", problem)
+    for r in rows:
+        r.setdefault("label", r["row"])
+    for x in sets:
+        x.setdefault("title", x["id"])
+        x.setdefault("questions", None)
+    return table
+
+
 def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
     """The compile section of report.json, or None when the run has not been evaluated (`flowdpo eval`)."""
     from flowdpo.report.stats import clustered_bootstrap_difference, paired_difference
 
-    table = store.get_json_or(RunLayout.eval_table_json)
+    table = read_eval_table(store)
     if table is None:
         return None
     outcomes: dict[
@@ -37,7 +85,8 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
             if store.exists(key):
                 per_q: dict[str, list[bool]] = {}
                 for r in store.get_jsonl(key):
-                    per_q.setdefault(r["question"], []).append(bool(r["correct"]))
+                    if isinstance(r, dict) and isinstance(r.get("question"), str):
+                        per_q.setdefault(r["question"], []).append(bool(r.get("correct")))
                 outcomes[(row["row"], s["id"])] = per_q
     rows = {r["row"]: r for r in table["rows"]}
     pairs_to_compare = (
@@ -101,8 +150,8 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
             lg = store.get_json(log_key)
             sft[row["row"]] = {k: lg.get(k) for k in ("steps", "trainLoss", "seconds", "traces")}
     return {
-        "model": table["model"],
-        "temperature": table["temperature"],
+        "model": table.get("model"),
+        "temperature": table.get("temperature"),
         "maxNewTokens": table.get("maxNewTokens"),
         "compileQuestions": manifest.get("compileQuestions"),
         "tracesPerSource": table.get("tracesPerSource"),

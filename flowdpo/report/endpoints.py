@@ -20,6 +20,7 @@ import io
 from typing import Any
 
 from flowdpo.names import FLOW_TRAINED, FLOW_UNTRAINED, ZERO_SHOT_SAMPLED
+from flowdpo.report.compile_table import read_eval_table
 from flowdpo.report.stats import roc_curve
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
@@ -77,13 +78,29 @@ def how_answers_end(outcomes: list[dict], budget: int | None = None) -> dict[str
 
 
 def _stop_section(store: ObjectStore, table: dict) -> dict[str, Any] | None:
-    stored = store.get_json_or(RunLayout.eval_stop) or {}
-    summary = table.get("stopDiscrimination") or {
-        k: v for k, v in stored.items() if k not in ("fingerprint", "scores")
-    }
-    if not summary or not summary.get("untrained"):
-        return None
-    out = {k: v for k, v in summary.items()}
+    stored = store.get_json_or(RunLayout.eval_stop)
+    stored = stored if isinstance(stored, dict) else {}
+    summary = table.get("stopDiscrimination")
+    if not isinstance(summary, dict):
+        summary = {k: v for k, v in stored.items() if k not in ("fingerprint", "scores")}
+    if not (
+        isinstance(summary.get("untrained"), dict)
+        and isinstance(summary.get("partials"), int)
+        and isinstance(summary.get("complete"), int)
+    ):
+        return None  # not evaluated, or not in the shape `flowdpo eval` writes: no Stop section
+    out: dict[str, Any] = {"partials": summary["partials"], "complete": summary["complete"]}
+    for name in ("untrained", "trained"):  # only numbers of the shape `flowdpo eval` writes are shown
+        m = summary.get(name)
+        if isinstance(m, dict):
+            kept = {k: m.get(k) for k in ("auc", "meanPYesComplete", "meanPYesIncomplete")}
+            out[name] = {
+                k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+                for k, v in kept.items()
+            }
+            ci = m.get("aucCi95")
+            ok = isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
+            out[name]["aucCi95"] = ci if ok else None
     scores = stored.get("scores") if isinstance(stored.get("scores"), dict) else {}
     labels = scores.get("complete")
     if not (isinstance(labels, list) and all(isinstance(c, bool) for c in labels)):
@@ -104,7 +121,7 @@ def collect_endpoints(store: ObjectStore, compile_section: dict[str, Any] | None
     """The `endpoints` key of report.json, or None when the run has no evaluated flow rows."""
     if not compile_section:
         return None
-    table = store.get_json_or(RunLayout.eval_table_json) or {}
+    table = read_eval_table(store) or {}
     labels = {r["row"]: r["label"] for r in compile_section["rows"]}
     present = [row for row in FLOW_ROWS if row in labels]
     if FLOW_TRAINED not in present:
@@ -269,7 +286,8 @@ def render_endpoints_figure(e: dict[str, Any], run: str) -> bytes:
         m = st.get(name) or {}
         if m.get("roc"):
             xs, ys = zip(*m["roc"])
-            ax_roc.plot(xs, ys, color=color, lw=2, label=f"{name} Stop adapter, AUC {m['auc']:.3f}")
+            auc_s = "-" if m.get("auc") is None else f"{m['auc']:.3f}"
+            ax_roc.plot(xs, ys, color=color, lw=2, label=f"{name} Stop adapter, AUC {auc_s}")
             drawn = True
     if not drawn:
         msg = (

@@ -505,6 +505,43 @@ def test_damaged_stop_scores_lose_their_curve_not_the_report(run, tmp_path, dama
     assert ("roc" in stop["untrained"]) == ("complete" not in damage)
 
 
+CELL = {"examples": 12, "correct": 8, "accuracy": 0.6, "ci95": [0.3, 0.8]}
+
+
+@pytest.mark.parametrize(
+    "table, problem",
+    [
+        ([], "not a JSON object"),
+        ({"rows": "x", "sets": 3}, "'sets' is not a list"),
+        ({"rows": [{"row": "flow-trained"}], "sets": []}, "'rows' is not a list of rows"),
+        ({"rows": [{"row": "flow-trained", "results": {"heldout": {"examples": "x"}}}], "sets": [{"id": "heldout"}]},
+         "a row's result is not a cell"),
+    ],
+)
+def test_a_damaged_eval_table_is_named_with_what_is_wrong(run, tmp_path, table, problem):
+    from flowdpo.storage.store import CorruptObjectError
+
+    store = run[0]
+    _write_flow_eval(store)
+    store.put_json(RunLayout.eval_table_json, table)
+    with pytest.raises(CorruptObjectError, match=problem) as e:
+        write_report(store, out_dir=tmp_path)
+    assert "eval/table.json" in str(e.value)
+
+
+def test_odd_stop_numbers_are_left_out_of_the_report(run, tmp_path):
+    """A table in the right shape with Stop numbers that are not numbers: shown as '-', the report is written."""
+    store = run[0]
+    _write_flow_eval(store)
+    table = store.get_json(RunLayout.eval_table_json)
+    table["stopDiscrimination"] = {"partials": 6, "complete": 3, "untrained": {"auc": "x", "aucCi95": "y"}}
+    store.put_json(RunLayout.eval_table_json, table)
+    write_report(store, out_dir=tmp_path)
+    stop = json.loads((tmp_path / "report.json").read_text())["endpoints"]["stop"]
+    assert stop["untrained"]["auc"] is None and stop["untrained"]["aucCi95"] is None
+    assert "| untrained | - |" in (tmp_path / "report.md").read_text()
+
+
 def test_behaviour_figure_from_four_examples_on(run, tmp_path):
     paths = write_report(run[0], out_dir=tmp_path)
     assert Path(paths["behaviourFigure"]).read_bytes().startswith(PNG_MAGIC)
