@@ -70,10 +70,12 @@ def test_the_series_the_rules_read_exist_with_those_labels():
     op.set_failed_pods(NS, "r", {"trainer": 1})
     op.examples.labels(NS, "r").set(3)
     pods.version_lag.labels("r", "answer").set(1)
+    pods.observe_shard([{"adapter": "stop", "chosenText": "no"}])
     assert labels_of(op.registry, "flowdpo_run_phase") == {"run_namespace", "run", "phase"}
     assert labels_of(op.registry, "flowdpo_job_failed_pods") == {"run_namespace", "run", "step"}
     assert labels_of(op.registry, "flowdpo_run_examples") == {"run_namespace", "run"}
     assert labels_of(pods.registry, "flowdpo_adapter_version_lag") == {"run", "adapter"}
+    assert labels_of(pods.registry, "flowdpo_stop_pairs_total") == {"run", "chosen"}
 
 
 def test_every_alert_fires_for_the_run_in_trouble_only(promtool, tmp_path):
@@ -81,6 +83,7 @@ def test_every_alert_fires_for_the_run_in_trouble_only(promtool, tmp_path):
     alerts = {r["alert"] for g in groups for r in g["rules"]}
     assert alerts == {
         "FlowDPOProgressStalled", "FlowDPOAdapterVersionLagGrowing", "FlowDPOJobPodsFailing", "FlowDPORunFailed",
+        "FlowDPOStopPairsOneSided",
         "FlowDPORunStuckInPending", "FlowDPORunStuckInPreparing", "FlowDPORunStuckInCompiling",
     }
     phase = lambda run, p, values: {
@@ -101,6 +104,12 @@ def test_every_alert_fires_for_the_run_in_trouble_only(promtool, tmp_path):
         # crashing: one trainer pod failed at minute 10 (the Job retries it).
         {"series": f'flowdpo_job_failed_pods{{{OP}, run_namespace="{NS}", run="crashing", step="trainer"}}',
          "values": "0x10 1x90"},
+        # never-stops: one worker mines a "no" Stop pair a minute and no "yes" (both series exported from 0);
+        # two workers of "balanced" mine one of each side every two minutes.
+        *({"series": f'flowdpo_stop_pairs_total{{namespace="{NS}", pod="never-stops-rollout-0", run="never-stops", '
+                     f'chosen="{side}"}}', "values": values} for side, values in (("no", "0+1x100"), ("yes", "0x100"))),
+        *({"series": f'flowdpo_stop_pairs_total{{namespace="{NS}", pod="balanced-rollout-{i}", run="balanced", '
+                     f'chosen="{side}"}}', "values": "0+0.5x100"} for i in (0, 1) for side in ("no", "yes")),
         phase("broken", "Failed", "1x100"),
         phase("queued", "Pending", "1x100"),
     ]
@@ -126,6 +135,13 @@ def test_every_alert_fires_for_the_run_in_trouble_only(promtool, tmp_path):
         f"FlowDPORun {NS}/crashing: pods of step trainer failed",
         f"kubectl logs -n {NS} job/crashing-trainer --previous; the run fails once the Job exceeds its backoffLimit.",
     )
+    one_sided = fired(
+        "FlowDPOStopPairsOneSided", {"namespace": NS, "run": "never-stops"},
+        f"FlowDPORun {NS}/never-stops: every Stop pair mined over 1h teaches one side",
+        "Only one side (see flowdpo_stop_pairs_total by chosen) is being taught, so the Stop adapter learns to "
+        'always or never stop instead of when to stop; the "How answers end" panel shows its effect. flowdpo signal '
+        "on the run file tells the same before training (docs: README, flowdpo signal).",
+    )
     broken = fired(
         "FlowDPORunFailed", {"run_namespace": NS, "run": "broken"}, f"FlowDPORun {NS}/broken failed",
         f"{describe('broken')}: condition Failed names the step and the Job.",
@@ -142,6 +158,9 @@ def test_every_alert_fires_for_the_run_in_trouble_only(promtool, tmp_path):
         ("FlowDPOAdapterVersionLagGrowing", "15m", []),
         ("FlowDPOProgressStalled", "15m", []),
         ("FlowDPORunFailed", "15m", [broken]),
+        # minute 15: 15 one-sided pairs (< 20); minute 30: 30 of them; "balanced" never fires.
+        ("FlowDPOStopPairsOneSided", "15m", []),
+        ("FlowDPOStopPairsOneSided", "30m", [one_sided]),
         ("FlowDPORunStuckInPending", "30m", []),
         # minute 30: the lag grew for more than 15 minutes.
         ("FlowDPOAdapterVersionLagGrowing", "30m", [lagging]),
