@@ -25,6 +25,7 @@ from typing import Any
 
 from flowdpo.compile.common import CompileError, fingerprint, open_run
 from flowdpo.compile.eval_answers import (
+    FlowRowCheckpoint,
     answer_questions,
     answer_with_flow,
     stop_discrimination,
@@ -133,7 +134,12 @@ def evaluate_run(
             for row in rows
             for es, examples, _ in sets
             if _stored_outcomes(
-                store, row, es.id, examples, _row_fingerprint(doc, store, row, max_new), samples_per_question(doc, row)
+                store,
+                row,
+                es.id,
+                examples,
+                _row_fingerprint(doc, store, row, max_new),
+                samples_per_question(doc, row),
             )
             is None
         ]
@@ -157,8 +163,20 @@ def evaluate_run(
                 flow_backend, flow_prompts = load_flow_model(
                     doc, store, doc.spec.compile.evaluation.batch_size, cast_lora=False
                 )
+            # A flow row is long (questions x samples flows): it resumes block by block after an interruption.
+            checkpoint = FlowRowCheckpoint(
+                store,
+                RunLayout.eval_partial(row),
+                fingerprint({"row": fp, "questions": [ex.id for ex in everything], "samples": k}),
+            )
             answered = answer_with_flow(
-                flow_backend, flow_prompts, spec, everything, trained=row == FLOW_TRAINED, samples=k
+                flow_backend,
+                flow_prompts,
+                spec,
+                everything,
+                trained=row == FLOW_TRAINED,
+                samples=k,
+                checkpoint=checkpoint,
             )
             for r in answered:
                 r["fingerprint"] = fp
@@ -193,6 +211,8 @@ def evaluate_run(
             results[es.id] = cell(outcomes, k)
             if bar is not None:
                 bar.update(1)
+        if row in (FLOW_TRAINED, FLOW_UNTRAINED) and store.exists(RunLayout.eval_partial(row)):
+            store.delete(RunLayout.eval_partial(row))  # the row is stored whole: its checkpoint is done
         entry: dict[str, Any] = {
             "row": row,
             "label": ROW_LABELS[row],

@@ -55,11 +55,14 @@ def answer_with_flow(
     trained: bool,
     samples: int = 1,
     batch_questions: int = 64,
+    checkpoint=None,
 ) -> list[dict]:
     """Each question answered `samples` times by the flow (Answer chunks + Stop decisions, the flow's sampling
     settings), in blocks of `batch_questions` questions; trained=False: the untrained flow (base model in both
     roles). Every call starts from the same seeds, so two flows see the same random stream as far as their
-    batches agree. Each record carries its sample index, the Stop probabilities and the partial answers' end."""
+    batches agree. Each record carries its sample index, the Stop probabilities and the partial answers' end.
+    `checkpoint` (a FlowRowCheckpoint): saved after every block and resumed from, with the random state, so an
+    interrupted row ends with the same answers as an uninterrupted one."""
     import random
 
     import torch
@@ -70,7 +73,13 @@ def answer_with_flow(
     torch.manual_seed(spec.seed)
     rng = random.Random(spec.seed)
     out: list[dict] = []
-    for start in range(0, len(examples), batch_questions):
+    first = 0
+    restored = checkpoint.load() if checkpoint is not None else None
+    if restored is not None:  # the blocks answered before an interruption, and the random state after them
+        out, first, torch_state, rng_state = restored
+        torch.set_rng_state(torch_state)
+        rng.setstate(rng_state)
+    for start in range(first, len(examples), batch_questions):
         block = examples[start : start + batch_questions]
         states = [main_state(ex, prompts, use_adapters=trained) for ex in block for _ in range(samples)]
         backend.reset()
@@ -92,6 +101,8 @@ def answer_with_flow(
                     ],
                 )
             )
+        if checkpoint is not None:
+            checkpoint.save(out, start + batch_questions, torch.get_rng_state(), rng.getstate())
     return out
 
 
@@ -131,3 +142,48 @@ def stop_discrimination(backend, prompts, spec, outcomes: Sequence[dict]) -> dic
             "meanPYesIncomplete": sum(neg) / len(neg) if neg else None,
         }
     return out
+
+
+class FlowRowCheckpoint:
+    """A flow row's answers so far in the run's store (`eval/partial/<row>.json`), valid only for the same
+    questions and settings (`fingerprint`): a long row resumes at its next block after an interruption."""
+
+    def __init__(self, store, key: str, fingerprint: str):
+        self.store, self.key, self.fingerprint = store, key, fingerprint
+
+    def load(self):
+        """(answers, next question index, torch RNG state, Python RNG state), or None."""
+        import base64
+
+        import torch
+
+        blob = self.store.get_json_or(self.key)
+        if not isinstance(blob, dict) or blob.get("fingerprint") != self.fingerprint:
+            return None
+        try:
+            torch_state = torch.frombuffer(
+                bytearray(base64.b64decode(blob["torchRng"])), dtype=torch.uint8
+            ).clone()
+            version, internal, gauss = blob["pythonRng"]
+            return blob["answers"], int(blob["next"]), torch_state, (version, tuple(internal), gauss)
+        except (KeyError, TypeError, ValueError):
+            return None  # damaged: answer the row again from its start
+
+    def save(self, answers: list[dict], next_index: int, torch_state, rng_state) -> None:
+        import base64
+
+        version, internal, gauss = rng_state
+        self.store.put_json(
+            self.key,
+            {
+                "fingerprint": self.fingerprint,
+                "next": next_index,
+                "answers": answers,
+                "torchRng": base64.b64encode(torch_state.numpy().tobytes()).decode(),
+                "pythonRng": [version, list(internal), gauss],
+            },
+        )
+
+    def clear(self) -> None:
+        if self.store.exists(self.key):
+            self.store.delete(self.key)

@@ -227,6 +227,12 @@ class RunLayout:
             cls._segment(part, "eval row / set id")
         return f"eval/outcomes/{row}/{set_id}.jsonl"
 
+    @classmethod
+    def eval_partial(cls, row: str) -> str:
+        """A flow row's answers so far and the random state after them (`flowdpo eval` resumes from it)."""
+        cls._segment(row, "eval row")
+        return f"eval/partial/{row}.json"
+
     # -- the signal check (flowdpo signal) ------------------------------------------------------------
     @classmethod
     def _signal_key(cls, key: str) -> str:

@@ -381,6 +381,7 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch, capsys):
     partials = sum(len(r["partials"]) for s in ("heldout", "gsm8k-test")
                    for r in store.get_jsonl(RunLayout.eval_outcomes("flow-untrained", s)))
     assert stop["partials"] == partials and set(stop) >= {"untrained", "trained"}
+    assert not store.list("eval/partial/")  # the flow rows finished: their block checkpoints are gone
     # Every partial's label and P(yes) per Stop model are stored beside the table (the report's ROC curves).
     scores = store.get_json(RunLayout.eval_stop)["scores"]
     assert "scores" not in stop and sum(scores["complete"]) == stop["complete"]
@@ -443,3 +444,46 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch, capsys):
             evaluated = store.get_jsonl(RunLayout.eval_outcomes(row["row"], s["id"]))
             assert len(evaluated) == s["questions"] * row["results"][s["id"]].get("samplesPerQuestion", 1)
             assert not {normalize_question(r["question"]) for r in evaluated} & used
+
+
+def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
+    """A flow row is long (questions x samples flows): `flowdpo eval` saves it after every block with the random
+    state, and a row cut off after its first block resumes there and ends with exactly the answers of an
+    uninterrupted row (real SmolLM2 flow with the run's adapters)."""
+    from pathlib import Path
+
+    from flowdpo.compile.eval_answers import FlowRowCheckpoint, answer_with_flow
+    from flowdpo.loader import load_trained_flow
+    from flowdpo.spec import load_document
+
+    run_file = tmp_path / "compiled.yaml"
+    run_file.write_text(E2E_RUN.format(root=tmp_path, fixture=Path(FIXTURE_GSM8K).resolve()))
+    doc = load_document(run_file)
+    _finished_run(doc)
+    store = open_store(doc.storage_uri())
+    backend, prompts = load_trained_flow(doc, store, 8, cast_lora=False)
+    examples = [Example(f"q{i}", f"What is {i} + {i + 3}?", str(2 * i + 3), "sum") for i in range(4)]
+    ask = lambda checkpoint=None: answer_with_flow(
+        backend, prompts, doc.spec, examples, trained=True, samples=2, batch_questions=2, checkpoint=checkpoint
+    )
+    whole = ask()
+
+    class Interrupted(Exception):
+        pass
+
+    class StopAfterFirstBlock(FlowRowCheckpoint):
+        def save(self, *args):
+            super().save(*args)
+            raise Interrupted
+
+    key = "eval/partial/flow-trained.json"
+    with pytest.raises(Interrupted):
+        ask(StopAfterFirstBlock(store, key, "fp"))
+    saved = store.get_json(key)
+    assert saved["next"] == 2 and len(saved["answers"]) == 4  # 2 questions x 2 samples
+    resumed = ask(FlowRowCheckpoint(store, key, "fp"))
+    assert [(r["exampleId"], r["sample"], r["answer"]) for r in resumed] == [
+        (r["exampleId"], r["sample"], r["answer"]) for r in whole
+    ]
+    # Another row's (or another setting's) checkpoint is not used: the row starts again from its first block.
+    assert FlowRowCheckpoint(store, key, "other settings").load() is None
