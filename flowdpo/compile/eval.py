@@ -128,20 +128,18 @@ def evaluate_run(
     backend = prompts = flow_backend = flow_prompts = None
     out_rows = []
     everything = [ex for _, examples, _ in sets for ex in examples]  # one batched call per row
+    # What each row's outcomes depend on, and the outcomes an earlier `flowdpo eval` stored for them.
+    plan = {}
+    for row in rows:
+        fp, k = _row_fingerprint(doc, store, row, max_new), samples_per_question(doc, row)
+        plan[row] = (
+            fp,
+            k,
+            {es.id: _stored_outcomes(store, row, es.id, examples, fp, k) for es, examples, _ in sets},
+        )
     if stored_only:
         missing = [
-            f"{row} on {es.id}"
-            for row in rows
-            for es, examples, _ in sets
-            if _stored_outcomes(
-                store,
-                row,
-                es.id,
-                examples,
-                _row_fingerprint(doc, store, row, max_new),
-                samples_per_question(doc, row),
-            )
-            is None
+            f"{row} on {set_id}" for row in rows for set_id, got in plan[row][2].items() if got is None
         ]
         if missing:
             raise CompileError(
@@ -150,9 +148,17 @@ def evaluate_run(
             )
     for row in rows:
         adapter = None if row == ZERO_SHOT else row
-        k = samples_per_question(doc, row)
-        fp = _row_fingerprint(doc, store, row, max_new)
-        stored = {es.id: _stored_outcomes(store, row, es.id, examples, fp, k) for es, examples, _ in sets}
+        fp, k, stored = plan[row]
+        # A flow row is long (questions x samples flows): it resumes block by block after an interruption.
+        checkpoint = (
+            FlowRowCheckpoint(
+                store,
+                RunLayout.eval_partial(row),
+                fingerprint({"row": fp, "questions": [ex.id for ex in everything], "samples": k}),
+            )
+            if row in (FLOW_TRAINED, FLOW_UNTRAINED)
+            else None
+        )
         if all(v is not None for v in stored.values()):
             log.info("eval %s: reusing stored outcomes (same questions, model and settings)", row)
             answered = [r for es, _, _ in sets for r in stored[es.id]]
@@ -163,12 +169,6 @@ def evaluate_run(
                 flow_backend, flow_prompts = load_flow_model(
                     doc, store, doc.spec.compile.evaluation.batch_size, cast_lora=False
                 )
-            # A flow row is long (questions x samples flows): it resumes block by block after an interruption.
-            checkpoint = FlowRowCheckpoint(
-                store,
-                RunLayout.eval_partial(row),
-                fingerprint({"row": fp, "questions": [ex.id for ex in everything], "samples": k}),
-            )
             answered = answer_with_flow(
                 flow_backend,
                 flow_prompts,
@@ -211,8 +211,8 @@ def evaluate_run(
             results[es.id] = cell(outcomes, k)
             if bar is not None:
                 bar.update(1)
-        if row in (FLOW_TRAINED, FLOW_UNTRAINED) and store.exists(RunLayout.eval_partial(row)):
-            store.delete(RunLayout.eval_partial(row))  # the row is stored whole: its checkpoint is done
+        if checkpoint is not None:
+            checkpoint.clear()  # the row is stored whole: its block checkpoint is done
         entry: dict[str, Any] = {
             "row": row,
             "label": ROW_LABELS[row],
