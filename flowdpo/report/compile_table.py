@@ -21,7 +21,8 @@ FIGURE = "compile.png"
 FLOW_ROW = SFT_FLOW_ROW
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A JSON number (not a boolean)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
@@ -31,8 +32,8 @@ def _cell_ok(c: Any) -> bool:
         isinstance(c, dict)
         and isinstance(c.get("examples"), int)
         and isinstance(c.get("correct"), int)
-        and (c.get("accuracy") is None or _is_number(c["accuracy"]))
-        and (ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(_is_number, ci))))
+        and (c.get("accuracy") is None or is_number(c["accuracy"]))
+        and (ci is None or (isinstance(ci, list) and len(ci) == 2 and all(map(is_number, ci))))
     )
 
 

@@ -20,7 +20,7 @@ import io
 from typing import Any
 
 from flowdpo.names import FLOW_TRAINED, FLOW_UNTRAINED, ZERO_SHOT_SAMPLED
-from flowdpo.report.compile_table import read_eval_table
+from flowdpo.report.compile_table import is_number
 from flowdpo.report.stats import roc_curve
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
@@ -77,10 +77,10 @@ def how_answers_end(outcomes: list[dict], budget: int | None = None) -> dict[str
     }
 
 
-def _stop_section(store: ObjectStore, table: dict) -> dict[str, Any] | None:
+def _stop_section(store: ObjectStore, compile_section: dict) -> dict[str, Any] | None:
     stored = store.get_json_or(RunLayout.eval_stop)
     stored = stored if isinstance(stored, dict) else {}
-    summary = table.get("stopDiscrimination")
+    summary = compile_section.get("stopDiscrimination")
     if not isinstance(summary, dict):
         summary = {k: v for k, v in stored.items() if k not in ("fingerprint", "scores")}
     if not (
@@ -94,12 +94,9 @@ def _stop_section(store: ObjectStore, table: dict) -> dict[str, Any] | None:
         m = summary.get(name)
         if isinstance(m, dict):
             kept = {k: m.get(k) for k in ("auc", "meanPYesComplete", "meanPYesIncomplete")}
-            out[name] = {
-                k: v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-                for k, v in kept.items()
-            }
+            out[name] = {k: v if is_number(v) else None for k, v in kept.items()}
             ci = m.get("aucCi95")
-            ok = isinstance(ci, list) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
+            ok = isinstance(ci, list) and len(ci) == 2 and all(map(is_number, ci))
             out[name]["aucCi95"] = ci if ok else None
     scores = stored.get("scores") if isinstance(stored.get("scores"), dict) else {}
     labels = scores.get("complete")
@@ -107,9 +104,7 @@ def _stop_section(store: ObjectStore, table: dict) -> dict[str, Any] | None:
         labels = None  # damaged or absent: the table keeps its AUCs, the figure says there is no curve
     for name in ("untrained", "trained"):
         p = scores.get(name)
-        valid = isinstance(p, list) and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and 0.0 <= x <= 1.0 for x in p
-        )
+        valid = isinstance(p, list) and all(is_number(x) and 0.0 <= x <= 1.0 for x in p)
         if labels and valid and len(p) == len(labels) and isinstance(out.get(name), dict):
             pos = [x for x, c in zip(p, labels) if c]
             neg = [x for x, c in zip(p, labels) if not c]
@@ -121,7 +116,6 @@ def collect_endpoints(store: ObjectStore, compile_section: dict[str, Any] | None
     """The `endpoints` key of report.json, or None when the run has no evaluated flow rows."""
     if not compile_section:
         return None
-    table = read_eval_table(store) or {}
     labels = {r["row"]: r["label"] for r in compile_section["rows"]}
     present = [row for row in FLOW_ROWS if row in labels]
     if FLOW_TRAINED not in present:
@@ -138,7 +132,7 @@ def collect_endpoints(store: ObjectStore, compile_section: dict[str, Any] | None
             rows[row] = {
                 "label": labels[row],
                 **{k: cell.get(k) for k in ("accuracy", "ci95", "samplesPerQuestion")},
-                **how_answers_end(outcomes, table.get("maxNewTokens")),
+                **how_answers_end(outcomes, compile_section.get("maxNewTokens")),
             }
         comparisons = [
             {**c, "verdict": verdict(c.get("ci95"))}
@@ -163,7 +157,7 @@ def collect_endpoints(store: ObjectStore, compile_section: dict[str, Any] | None
         ),
         None,
     )
-    return {"primary": primary, "sets": sets, "stop": _stop_section(store, table)}
+    return {"primary": primary, "sets": sets, "stop": _stop_section(store, compile_section)}
 
 
 # -- markdown --------------------------------------------------------------------------------------
