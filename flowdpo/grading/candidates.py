@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from flowdpo.grading.rules import (
     ARITH_OP_RE,
+    CLOCK,
     CONNECTIVES,
     EXP,
     FACTORIAL_RE,
@@ -139,7 +140,7 @@ def _last_top_level_eq(s: str) -> int:
 _CURRENCY_RE = re.compile(r"^(?:USD|US\$|EUR|GBP|INR|Rs\.?|€|£|¥|₹)\s*(?=[-+]?\d)")
 _MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Za-z][\w\s'-]{0,30})?$")
 _WORD_REMARK_RE = re.compile(r"\s+\([A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}\s*\)\s*[.!]?$")
-_CLOCK_RE = re.compile(r"^(\d{1,2}:\d{2}(?::\d{2})?)\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
+_CLOCK_RE = re.compile(rf"^({CLOCK})\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
 
 
 def finalize(candidate: str, math_ctx: bool = False) -> str | None:

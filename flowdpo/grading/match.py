@@ -8,13 +8,14 @@ from decimal import Decimal, InvalidOperation
 
 from flowdpo.grading.candidates import LHS_RE, expand_parts, finalize, split_parts, strip_wrappers
 from flowdpo.grading.rules import (
+    CLOCK_RE,
+    E_NOTATION_RE,
     MATH_VERIFY_TIMEOUT_S,
     MAX_ANSWER_CHARS,
     MAX_BRACE_DEPTH,
     MAX_EXPONENT,
     MAX_FACTORIAL,
     MINUS,
-    NUMBER,
     PLAIN_NUMBER_RE,
     SIMPLE_VALUE_RE,
     log,
@@ -60,15 +61,12 @@ def _match_multi(gold: list[tuple[str | None, str]], pred: list[tuple[str | None
 # finding the answer in a text
 
 
-SCIENTIFIC_RE = re.compile(rf"^({NUMBER})[eE]([-+]?\d{{1,4}})$")
-
-
 def _as_decimal(s: str) -> Decimal | None:
     t = strip_wrappers(s.replace(MINUS, "-")).replace(" ", "")
     t = re.sub(r"^\\\$|^\$", "", t)
     if t.endswith(("\\%", "%")):
         t = t.rstrip("%").rstrip("\\")
-    sci = SCIENTIFIC_RE.match(t)  # "1.5e6", "2E-3": a plain number times a power of ten
+    sci = E_NOTATION_RE.match(t)  # "1.5e6", "2E-3": a plain number times a power of ten
     if sci:
         t, exponent = sci.group(1), int(sci.group(2))
     elif not PLAIN_NUMBER_RE.match(t):
@@ -193,7 +191,6 @@ def _strip_lhs(s: str) -> str:
 
 
 _COLON_VALUE_RE = re.compile(r"^(\d+)\s*:\s*(\d+)(?:\s*:\s*(\d+))?$")
-_CLOCK_VALUE_RE = re.compile(r"^\d{1,2}:\d{2}(?::\d{2})?$")
 
 
 def _colon_match(gold: str, pred: str) -> bool | None:
@@ -205,7 +202,7 @@ def _colon_match(gold: str, pred: str) -> bool | None:
         return None
     gv = [int(x) for x in gm.groups() if x is not None]
     pv = [int(x) for x in pm.groups() if x is not None]
-    if _CLOCK_VALUE_RE.match(g) and _CLOCK_VALUE_RE.match(p) or len(gv) != len(pv):
+    if CLOCK_RE.match(g) and CLOCK_RE.match(p) or len(gv) != len(pv):
         return gv == pv
     if gv[1] == 0 or pv[1] == 0 or len(gv) == 3:
         return gv == pv

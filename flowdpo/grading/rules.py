@@ -41,6 +41,9 @@ _INT = r"\d+"
 EXP = r"(?:\{\s*[-+]?\d+\s*\}|[-+]?\d+)"
 POWER_RE = re.compile(rf"^[-+]?{_INT}\s*\^\s*{EXP}$")  # 2^10, 10^{6}
 SCI_RE = re.compile(rf"^[-+]?\d+(?:\.\d+)?\s*(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*{EXP}$")
+E_NOTATION_RE = re.compile(rf"^({NUMBER})[eE]([-+]?\d{{1,4}})$")  # 1.5e6, 2E-3: mantissa, exponent
+CLOCK = r"\d{1,2}:\d{2}(?::\d{2})?"  # a time of day: 3:45, 10:05:30
+CLOCK_RE = re.compile(rf"^{CLOCK}$")
 FACTORIAL_RE = re.compile(r"^[-+]?\d+\s*!$")
 
 # Closed-class words a finished clause does not end with ("..., which is", "we get", "the sum of").
