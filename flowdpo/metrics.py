@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from flowdpo.names import ADAPTERS, PHASES
-
-# The main chain's end reasons a run can show (flowdpo/flow/engine.py; no_alternative ends rollouts only).
-FLOW_ENDS = ("eos", "stop", "max_chunks")
+from flowdpo.names import ADAPTERS, MAIN_CHAIN_ENDS, PHASES
 
 
 class Metrics:
@@ -102,7 +99,7 @@ class Metrics:
             self.canary_failures.labels(run, adapter)
         for family in (self.rollouts, self.tokens, self.leases_lost, self.examples_rolled_out):
             family.labels(run)
-        for reason in FLOW_ENDS:
+        for reason in MAIN_CHAIN_ENDS:
             self.flow_ends.labels(run, reason)
         for side in ("yes", "no"):
             self.stop_pairs.labels(run, side)
@@ -124,7 +121,7 @@ class Metrics:
         """Worker-side counters for one example whose flows have all ended (`flowdpo.run.shard` outcome record)."""
         self.examples_rolled_out.labels(self.run).inc()
         self.rollouts.labels(self.run).inc(result["rollouts"])
-        if result.get("endReason") in FLOW_ENDS:
+        if result.get("endReason") in MAIN_CHAIN_ENDS:
             self.flow_ends.labels(self.run, result["endReason"]).inc()
 
     def observe_tokens(self, tokens: int) -> None:

@@ -11,6 +11,10 @@ ADAPTERS = (ANSWER, STOP)
 # A run's phase (FlowDPORun status.phase, the flowdpo_run_phase metric, progress.json "phase").
 PHASES = ("Pending", "Preparing", "Training", "Compiling", "Succeeded", "Failed")
 
+# How a flow's main chain can end (flowdpo/flow/engine.py END_*; results' "endReason", the
+# flowdpo_flow_ends_total metric's `reason`): the Answer LLM's EOS, the Stop LLM's yes, the token budget.
+MAIN_CHAIN_ENDS = ("eos", "stop", "max_chunks")
+
 # Trace sources of the compile step (paper Table 1 rows): dataset solutions, base model, trained flow.
 COMPILE_SOURCES = ("ground-truth", "self-generated", "flow-generated")
 SOURCE_LABELS = {

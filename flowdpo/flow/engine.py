@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 
 from flowdpo.flow.backend import GenerationBackend
 from flowdpo.flow.prompts import PromptBuilder
+from flowdpo.names import MAIN_CHAIN_ENDS
 from flowdpo.spec import FlowSpec
 
-# Why a flow ended.
-END_EOS = "eos"  # a chunk ended with the end-of-sequence token: the Answer LLM finished
-END_STOP = "stop"  # the Stop LLM said yes
-END_MAX_CHUNKS = "max_chunks"  # the token budget is spent (the answer may be cut off)
+# Why a flow ended (the main chain's reasons are shared names: flowdpo/names.py MAIN_CHAIN_ENDS).
+# END_EOS: a chunk ended with the end-of-sequence token, the Answer LLM finished; END_STOP: the Stop LLM said
+# yes; END_MAX_CHUNKS: the token budget is spent (the answer may be cut off).
+END_EOS, END_STOP, END_MAX_CHUNKS = MAIN_CHAIN_ENDS
 END_NO_ALTERNATIVE = "no_alternative"  # a rollout could not sample a chunk different from the original
 END_REASONS = (END_EOS, END_STOP, END_MAX_CHUNKS, END_NO_ALTERNATIVE)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowdpo.names import ADAPTERS
+from flowdpo.names import ADAPTERS, MAIN_CHAIN_ENDS
 from flowdpo.report.stats import moving_accuracy, paired_difference, wilson_interval
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
@@ -129,7 +129,7 @@ def flow_behaviour(rows: list[dict]) -> list[dict[str, Any]]:
     for i in range(4):
         part = rows[i * n // 4 : (i + 1) * n // 4]
         p_stop = [p for r in part for p in (r.get("pStop") or [])]
-        ends = {e: sum(1 for r in part if r.get("endReason") == e) / len(part) for e in ("eos", "stop", "max_chunks")}
+        ends = {e: sum(1 for r in part if r.get("endReason") == e) / len(part) for e in MAIN_CHAIN_ENDS}
         out.append(
             {
                 "quarter": i + 1,
