@@ -35,14 +35,12 @@ def refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 def patched(spec: dict, patch: dict | None) -> dict:
-    """A copy of `spec` with each section of `patch` merged in (a non-mapping value replaces the field)."""
-    spec = copy.deepcopy(spec)
-    for section, values in (patch or {}).items():
-        if isinstance(values, dict):
-            spec.setdefault(section, {}).update(values)
-        else:
-            spec[section] = values
-    return spec
+    """A copy of `spec` with `patch` merged in, section by section at every depth (a non-mapping value
+    replaces the field)."""
+    out = copy.deepcopy(spec)
+    for key, value in (patch or {}).items():
+        out[key] = patched(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
 def run_file(tmp_path, patch: dict | None = None, raw: bytes | None = None):
@@ -263,16 +261,10 @@ def test_every_number_past_its_bound_or_of_the_wrong_type_is_refused_naming_it(p
     values = [too_big, "12", [1]] + ([float("nan")] if base is float else [1.5])
     cluster_spec = {**QUICKSTART["spec"], "storage": {"uri": "s3://bucket/runs/{name}", "secretName": "s3"}}
     for value in values:
-        body = {**QUICKSTART, "spec": _merge(QUICKSTART["spec"], _nested(path, value))}
+        body = {**QUICKSTART, "spec": patched(QUICKSTART["spec"], _nested(path, value))}
         with pytest.raises(SpecError) as e:
             parse_document(body, "run.yaml")
         assert f"  {path}: " in str(e.value), (value, str(e.value))
-        result = validate({**body, "metadata": {"name": "demo"}, "spec": _merge(cluster_spec, _nested(path, value))})
+        result = validate({**body, "metadata": {"name": "demo"}, "spec": patched(cluster_spec, _nested(path, value))})
         assert not result.ok and any(err.startswith(path) for err in result.errors), (value, result.errors)
 
-
-def _merge(base: dict, patch: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in patch.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
-    return out
