@@ -487,3 +487,56 @@ def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
     ]
     # Another row's (or another setting's) checkpoint is not used: the row starts again from its first block.
     assert FlowRowCheckpoint(store, key, "other settings").load() is None
+
+
+@pytest.mark.slow
+def test_sft_gradient_checkpointing_changes_no_result(tmp_path, monkeypatch):
+    """Compile's SFT recomputes activations in the backward pass to fit in memory (the 0.5B model's SFT was
+    killed for memory without it). That must not change what is learned: two steps with LoRA dropout and
+    gradient accumulation give bitwise the same adapter and losses with and without it (real SmolLM2)."""
+    import torch
+    from safetensors.torch import load
+    from transformers import modeling_utils
+
+    from flowdpo.compile.sft import train_one
+
+    recomputed = []
+    checkpoint = modeling_utils.checkpoint
+
+    def counting_checkpoint(*args, **kwargs):
+        recomputed.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "checkpoint", counting_checkpoint)
+
+    doc = _doc(
+        tmp_path,
+        compile_section={
+            "sft": {
+                "epochs": 1,
+                "warmupRatio": 0,
+                "batchSize": 4,
+                "gradientAccumulation": 2,
+                "maxLength": 128,
+                "maxSteps": 2,
+                "lora": {"dropout": 0.1},
+            }
+        },
+    )
+    traces = [
+        {"question": f"What is {a} times {a + 3}?", "trace": f"{a} times {a + 3} is {a * (a + 3)}."}
+        for a in range(2, 18)
+    ]
+    trained, layers_checkpointed = {}, {}
+    for checkpointing in (False, True):
+        recomputed.clear()
+        files, train_log = train_one(doc, "flow-generated", traces, gradient_checkpointing=checkpointing)
+        trained[checkpointing] = (load(files["adapter_model.safetensors"]), train_log["losses"])
+        layers_checkpointed[checkpointing] = len(recomputed)
+    assert layers_checkpointed[False] == 0 and layers_checkpointed[True] > 0  # it is on (also on a CPU)
+    (plain, plain_losses), (checkpointed, checkpointed_losses) = trained[False], trained[True]
+    assert len(plain_losses) == 2 and plain_losses == checkpointed_losses
+    assert plain.keys() == checkpointed.keys() and len(plain) > 0
+    assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)
+    # The steps did update the adapter (LoRA B starts at zero), so the comparison is not of two initialisations.
+    assert any(k.endswith("lora_B.weight") and plain[k].abs().max() > 0 for k in plain)
