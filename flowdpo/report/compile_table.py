@@ -14,6 +14,7 @@ import io
 from typing import Any
 
 from flowdpo.names import FLOW_TRAINED, FLOW_UNTRAINED, SFT_FLOW_ROW, ZERO_SHOT_SAMPLED
+from flowdpo.report.fmt import pct, verdict
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
 
@@ -166,13 +167,10 @@ def collect_compile(store: ObjectStore) -> dict[str, Any] | None:
     }
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
 
 def _cell_text(r: dict[str, Any]) -> str:
     lo, hi = r["ci95"]
-    return f"{_pct(r['accuracy'])} ({r['correct']}/{r['examples']}; 95% CI {_pct(lo)}-{_pct(hi)})"
+    return f"{pct(r['accuracy'])} ({r['correct']}/{r['examples']}; 95% CI {pct(lo)}-{pct(hi)})"
 
 
 def render_compile_markdown(c: dict[str, Any]) -> str:
@@ -213,12 +211,6 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
                 continue
             ci = d["ci95"]
             ci_s = f"95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pp" if ci else "no CI (n=1)"
-            if ci and ci[0] > 0:
-                verdict = "the first is better"
-            elif ci and ci[1] < 0:
-                verdict = "the first is worse"
-            else:
-                verdict = "no significant difference"
             if d.get("samplesPerQuestion"):
                 detail = (
                     f"{d['examples']} questions x {d['samplesPerQuestion']} samples, bootstrap clustered by question; "
@@ -228,7 +220,7 @@ def render_compile_markdown(c: dict[str, Any]) -> str:
                 detail = f"only the first correct on {d['onlyFirstCorrect']}, only the second on {d['onlySecondCorrect']}"
             lines.append(
                 f"- {d['set']}: {d['firstLabel']} vs {d['secondLabel']}: {100 * d['difference']:+.1f} pp ({ci_s}; "
-                f"{detail}): {verdict}."
+                f"{detail}): {verdict(ci)}."
             )
     # The Stop decision's discrimination is shown with the held-out endpoints (flowdpo/report/endpoints.py).
     lines.append("")

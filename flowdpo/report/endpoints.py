@@ -21,6 +21,7 @@ from typing import Any
 
 from flowdpo.names import FLOW_TRAINED, FLOW_UNTRAINED, ZERO_SHOT_SAMPLED
 from flowdpo.report.compile_table import is_number
+from flowdpo.report.fmt import auc_text, pct, verdict
 from flowdpo.report.stats import roc_curve
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
@@ -35,17 +36,6 @@ END_KINDS = {
     "budgetAnswered": "token budget, with a final answer",
     "budgetTruncated": "token budget, no final answer",
 }
-
-
-def verdict(ci: list[float] | None, better: str = "better", worse: str = "worse") -> str:
-    """How a difference's 95% interval reads (first minus second)."""
-    if not ci:
-        return "no interval (too few questions)"
-    if ci[0] > 0:
-        return f"the first is {better} (the 95% CI excludes zero)"
-    if ci[1] < 0:
-        return f"the first is {worse} (the 95% CI excludes zero)"
-    return "no measurable difference at this sample size (the 95% CI includes zero)"
 
 
 def _end_kind(r: dict, budget: int | None) -> str:
@@ -161,10 +151,6 @@ def collect_endpoints(store: ObjectStore, compile_section: dict[str, Any] | None
 
 
 # -- markdown --------------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
 def _diff_text(c: dict) -> str:
     ci = c.get("ci95")
     ci_s = f"95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f} pp" if ci else "no CI"
@@ -208,8 +194,8 @@ def render_endpoints_markdown(e: dict[str, Any]) -> str:
             ]
             for r in s["rows"].values():
                 tokens = "-" if r["meanTokens"] is None else f"{r['meanTokens']:.0f}"
-                ends = " | ".join(_pct(r["ends"].get(k)) for k in END_KINDS)
-                lines.append(f"| {r['label']} | {_pct(r['accuracy'])} | {ends} | {tokens} |")
+                ends = " | ".join(pct(r["ends"].get(k)) for k in END_KINDS)
+                lines.append(f"| {r['label']} | {pct(r['accuracy'])} | {ends} | {tokens} |")
     st = e.get("stop")
     if st:
         lines += [
@@ -226,9 +212,7 @@ def render_endpoints_markdown(e: dict[str, Any]) -> str:
         ]
         for name in ("untrained", "trained"):
             m = st.get(name) or {}
-            auc_s = "-" if m.get("auc") is None else f"{m['auc']:.3f}"
-            if m.get("aucCi95"):
-                auc_s += f" ({m['aucCi95'][0]:.3f}-{m['aucCi95'][1]:.3f})"
+            auc_s = auc_text(m)
             means = " / ".join(
                 "-" if m.get(k) is None else f"{m[k]:.3f}" for k in ("meanPYesComplete", "meanPYesIncomplete")
             )
@@ -280,7 +264,7 @@ def render_endpoints_figure(e: dict[str, Any], run: str) -> bytes:
         m = st.get(name) or {}
         if m.get("roc"):
             xs, ys = zip(*m["roc"])
-            auc_s = "-" if m.get("auc") is None else f"{m['auc']:.3f}"
+            auc_s = auc_text({"auc": m.get("auc")})
             ax_roc.plot(xs, ys, color=color, lw=2, label=f"{name} Stop adapter, AUC {auc_s}")
             drawn = True
     if not drawn:

@@ -6,6 +6,7 @@ import io
 from typing import Any
 
 from flowdpo.names import ADAPTERS
+from flowdpo.report.fmt import pct, pp, verdict
 from flowdpo.report.numbers import version_changes
 from flowdpo.report.stats import moving_accuracy, progressive_curve, wilson_interval
 
@@ -139,19 +140,12 @@ def render_behaviour_figure(behaviour: list[dict[str, Any]], run: str) -> bytes:
 
 
 # -- markdown --------------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
 
 def _acc_str(a: dict | None) -> str:
     if not a or not a.get("examples"):
         return "-"
     lo, hi = a["ci95"]
-    return f"{_pct(a['accuracy'])} ({a['correct']}/{a['examples']}; 95% CI {_pct(lo)}-{_pct(hi)})"
-
-
-def _pp(x: float) -> str:
-    return f"{100 * x:+.1f} pp"
+    return f"{pct(a['accuracy'])} ({a['correct']}/{a['examples']}; 95% CI {pct(lo)}-{pct(hi)})"
 
 
 def render_markdown(numbers: dict[str, Any]) -> str:
@@ -203,7 +197,7 @@ def render_markdown(numbers: dict[str, Any]) -> str:
     for b in N["baselines"].values():
         lines.append(f"| {b['label']} | {_acc_str(b)} |")
     if N["movingAccuracyLast"] is not None:
-        lines.append(f"| trained flow, last {N['movingWindow']} examples | {_pct(N['movingAccuracyLast'])} |")
+        lines.append(f"| trained flow, last {N['movingWindow']} examples | {pct(N['movingAccuracyLast'])} |")
     lines.append("")
     if not N["baselines"]:
         lines.append("No baselines were recorded for these examples (spec.baselines off).")
@@ -212,26 +206,20 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         if not d["examples"]:
             continue
         t = b["trainedOnSameExamples"]
-        ci = f" (paired 95% CI {_pp(d['ci95'][0])} to {_pp(d['ci95'][1])})" if d["ci95"] else ""
-        if d["ci95"] and d["ci95"][0] > 0:
-            verdict = "the paired CI is above zero"
-        elif d["ci95"] and d["ci95"][1] < 0:
-            verdict = "the paired CI is below zero"
-        else:
-            verdict = "the paired CI includes zero"
+        ci = f" (paired 95% CI {pp(d['ci95'][0])} to {pp(d['ci95'][1])})" if d["ci95"] else ""
         overlap = "overlap" if b["ciOverlap"] else "do not overlap"
         lines.append(
-            f"- Trained flow vs {b['label']} on the same {d['examples']} examples: {_pct(t['accuracy'])} vs "
-            f"{_pct(b['accuracy'])}, difference {_pp(d['difference'])}{ci}; {verdict}. "
+            f"- Trained flow vs {b['label']} on the same {d['examples']} examples: {pct(t['accuracy'])} vs "
+            f"{pct(b['accuracy'])}, difference {pp(d['difference'])}{ci}; {verdict(d['ci95'])}. "
             f"Only the trained flow correct on {d['onlyFirstCorrect']}, only the {b['label']} on "
             f"{d['onlySecondCorrect']}. The two Wilson CIs {overlap}."
         )
     d = N.get("untrainedFlowVsZeroShot")
     if d and d["examples"]:
-        ci = f" (paired 95% CI {_pp(d['ci95'][0])} to {_pp(d['ci95'][1])})" if d["ci95"] else ""
+        ci = f" (paired 95% CI {pp(d['ci95'][0])} to {pp(d['ci95'][1])})" if d["ci95"] else ""
         lines.append(
             f"- Untrained flow vs zero-shot single model (both untrained, same sampling and token budget) on the same "
-            f"{d['examples']} examples: difference {_pp(d['difference'])}{ci}; only the flow correct on "
+            f"{d['examples']} examples: difference {pp(d['difference'])}{ci}; only the flow correct on "
             f"{d['onlyFirstCorrect']}, only the single pass on {d['onlySecondCorrect']}."
         )
     tb = N.get("tokenBudget")
@@ -242,8 +230,8 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         p50 = over if tb["p50"] is None else str(tb["p50"])
         p90 = over if tb["p90"] is None else str(tb["p90"])
         lines.append(
-            f"- Token budget: {fit['correct']} of {fit['examples']} zero-shot answers ({_pct(fit['accuracy'])}, 95% CI "
-            f"{_pct(lo)}-{_pct(hi)}) ended by themselves inside the flow's budget of {budget} tokens (chunkTokens x "
+            f"- Token budget: {fit['correct']} of {fit['examples']} zero-shot answers ({pct(fit['accuracy'])}, 95% CI "
+            f"{pct(lo)}-{pct(hi)}) ended by themselves inside the flow's budget of {budget} tokens (chunkTokens x "
             f"maxChunks; aim for >= 90%); one-pass answer lengths p50 {p50}, p90 {p90} tokens."
         )
     q = N["quarters"]
@@ -257,7 +245,7 @@ def render_markdown(numbers: dict[str, Any]) -> str:
         diff = q["last"]["trained"]["accuracy"] - q["first"]["trained"]["accuracy"]
         a, b = q["first"]["trained"]["ci95"], q["last"]["trained"]["ci95"]
         overlap = "overlap" if a[0] <= b[1] and b[0] <= a[1] else "do not overlap"
-        lines += ["", f"Trained flow, last minus first quarter: {_pp(diff)}; the two Wilson CIs {overlap}."]
+        lines += ["", f"Trained flow, last minus first quarter: {pp(diff)}; the two Wilson CIs {overlap}."]
     else:
         lines += ["", "Too few examples for a first/last quarter comparison."]
     if N.get("behaviour"):
@@ -274,8 +262,8 @@ def render_markdown(numbers: dict[str, Any]) -> str:
             ps = "-" if b["meanStopProbability"] is None else f"{b['meanStopProbability']:.3f}"
             e = b["ends"]
             lines.append(
-                f"| {b['quarter']} ({b['examples']}) | {_pct(b['accuracy'])} | {b['meanChunks']:.2f} | {_pct(b['noFinalAnswer'])} | "
-                f"{ps} | {_pct(e.get('eos', 0.0))} | {_pct(e['stop'])} | {_pct(e['max_chunks'])} | {_pct(b['rolloutsCorrect'])} |"
+                f"| {b['quarter']} ({b['examples']}) | {pct(b['accuracy'])} | {b['meanChunks']:.2f} | {pct(b['noFinalAnswer'])} | "
+                f"{ps} | {pct(e.get('eos', 0.0))} | {pct(e['stop'])} | {pct(e['max_chunks'])} | {pct(b['rolloutsCorrect'])} |"
             )
 
     lines += [
@@ -307,10 +295,10 @@ def render_markdown(numbers: dict[str, Any]) -> str:
     heads = ["source", "examples", "trained flow"] + [N["baselines"][b]["label"] for b in bnames]
     lines += ["| " + " | ".join(heads) + " |", "|---" * len(heads) + "|"]
     for s, e in N["bySource"].items():
-        cells = [f"`{s}`", str(e["examples"]), f"{_pct(e['accuracy'])} ({e['correct']}/{e['examples']})"]
+        cells = [f"`{s}`", str(e["examples"]), f"{pct(e['accuracy'])} ({e['correct']}/{e['examples']})"]
         for b in bnames:
             be = e["baselines"].get(b)
-            cells.append(f"{_pct(be['accuracy'])} ({be['correct']}/{be['examples']})" if be else "-")
+            cells.append(f"{pct(be['accuracy'])} ({be['correct']}/{be['examples']})" if be else "-")
         lines.append("| " + " | ".join(cells) + " |")
     if N.get("compile"):
         from flowdpo.report.compile_table import render_compile_markdown

@@ -6,9 +6,9 @@ import io
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from flowdpo.names import ADAPTERS
+from flowdpo.report.fmt import auc_text, num, pct
 
 MIN_HELDOUT_PAIRS = 10  # fewer held-out pairs than this: too few to tell
 
@@ -92,15 +92,15 @@ def render_markdown(report: dict) -> str:
         "",
         (
             f"{report['questions']} questions not used for training (key `{report['key']}`); the untrained flow answered "
-            f"{_pct(m['flowAccuracy'])} correctly."
+            f"{pct(m['flowAccuracy'])} correctly."
         ),
         "",
         "## Natural answer lengths (base model, one pass)",
         "",
         (
             f"{ln['questions']} answers with up to {ln['cap']} tokens: p50 {ln['p50']:.0f}, p90 {ln['p90']:.0f}, "
-            f"p95 {ln['p95']:.0f} tokens; **{_pct(ln['fitsBudget'])} end inside the flow's budget of {ln['budget']} "
-            f"tokens** (aim for >= 90%). One-pass accuracy {_pct(ln['accuracy'])}."
+            f"p95 {ln['p95']:.0f} tokens; **{pct(ln['fitsBudget'])} end inside the flow's budget of {ln['budget']} "
+            f"tokens** (aim for >= 90%). One-pass accuracy {pct(ln['accuracy'])}."
         ),
         "",
         "## Pairs mined",
@@ -120,7 +120,7 @@ def render_markdown(report: dict) -> str:
     base = report.get("stopBase")
     if base:
         lines.append(
-            f"| stop | untrained | - | - | - | {_auc(base)} | {_num(base['meanPYesComplete'])} / {_num(base['meanPYesIncomplete'])} |"
+            f"| stop | untrained | - | - | - | {auc_text(base)} | {num(base['meanPYesComplete'])} / {num(base['meanPYesIncomplete'])} |"
         )
     for a in ADAPTERS:
         for f in report["fits"][a]:
@@ -128,9 +128,9 @@ def render_markdown(report: dict) -> str:
             h = last["heldout"]
             stop = f.get("stop")
             lines.append(
-                f"| {a} | {f['lr']:.3g} | {last['epoch']} | {_num(last['trainLoss'])} | {_pct(h['accuracy'])} "
-                f"({_pct(h['ci95'][0])}-{_pct(h['ci95'][1])}, n={h['pairs']}) | {_auc(stop) if stop else '-'} | "
-                f"{(_num(stop['meanPYesComplete']) + ' / ' + _num(stop['meanPYesIncomplete'])) if stop else '-'} |"
+                f"| {a} | {f['lr']:.3g} | {last['epoch']} | {num(last['trainLoss'])} | {pct(h['accuracy'])} "
+                f"({pct(h['ci95'][0])}-{pct(h['ci95'][1])}, n={h['pairs']}) | {auc_text(stop) if stop else '-'} | "
+                f"{(num(stop['meanPYesComplete']) + ' / ' + num(stop['meanPYesIncomplete'])) if stop else '-'} |"
             )
     lines += ["", "## Verdict", ""]
     for a in ADAPTERS:
@@ -180,7 +180,7 @@ def render_figure(report: dict) -> bytes:
         ln["budget"],
         color="#c44e52",
         lw=2,
-        label=f"flow budget {ln['budget']} ({_pct(ln['fitsBudget'])} fit)",
+        label=f"flow budget {ln['budget']} ({pct(ln['fitsBudget'])} fit)",
     )
     ax.set_xlabel("tokens of a one-pass answer")
     ax.set_ylabel("answers")
@@ -206,16 +206,4 @@ def write_outputs(report: dict, out_dir: Path) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def _pct(x: Any) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
 
-
-def _num(x: Any) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
-def _auc(d: dict | None) -> str:
-    if not d or d.get("auc") is None:
-        return "-"
-    ci = d.get("aucCi95")
-    return f"{d['auc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")

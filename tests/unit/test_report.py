@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flowdpo.report.fmt import auc_text, pct, pp, verdict
 from flowdpo.report.run import write_report
 from flowdpo.report.stats import moving_accuracy, progressive_curve, wilson_interval
 from flowdpo.storage import RunLayout, open_store
@@ -307,6 +308,30 @@ def test_report_carries_the_compile_table_with_paired_comparisons(run, tmp_path)
     lo, hi = wilson_interval(6, 10)
     assert f"60.0% (6/10; 95% CI {100 * lo:.1f}%-{100 * hi:.1f}%)" in md
     assert "SFT (flow-generated) vs SFT (self-generated): +20.0 pp" in md
+    # The compile table reads its intervals with the same words as every other report section (report/fmt.py).
+    line = next(x for x in md.splitlines() if "SFT (flow-generated) vs 0-shot" in x)
+    ci = vs["zero-shot"]["ci95"]
+    assert ci[0] > 0 and line.endswith(": " + verdict(ci) + ".") and "excludes zero" in line
+
+
+@pytest.mark.parametrize(
+    ("ci", "words"),
+    [
+        ([0.01, 0.2], "the first is better (the 95% CI excludes zero)"),
+        ([-0.2, -0.01], "the first is worse (the 95% CI excludes zero)"),
+        ([-0.1, 0.1], "no measurable difference at this sample size (the 95% CI includes zero)"),
+        ([0.0, 0.1], "no measurable difference at this sample size (the 95% CI includes zero)"),
+        (None, "no interval (too few questions)"),
+    ],
+)
+def test_one_verdict_wording_follows_the_interval(ci, words):
+    assert verdict(ci) == words
+
+
+def test_number_formats():
+    assert (pct(0.5324), pct(None), pp(0.23), pp(-0.052)) == ("53.2%", "-", "+23.0 pp", "-5.2 pp")
+    assert auc_text({"auc": 0.71234, "aucCi95": [0.65, 0.77]}) == "0.712 (0.650-0.770)"
+    assert auc_text({"auc": 0.5}) == "0.500" and auc_text({"auc": None}) == "-" and auc_text(None) == "-"
 
 
 def test_flow_behaviour_by_quarter():
