@@ -46,6 +46,11 @@ Policy: which answer a text gives
    and value notations: powers (`2^10`, `10^{6}`), scientific notation (`1.5 \\times 10^3`), factorials
    in math context (`\\boxed{5!}` is 120; a prose "The answer is 5!" is an exclamation). Unevaluated
    arithmetic ("12 + 1", `\\boxed{12 + 1}`) is NOT an answer (math-verify would evaluate it to 13).
+   An answer in words is the number it names ("The answer is twenty-one." gives 21; "one of them" is no
+   number). A statement that offers a second value in place of the first gives NO answer, and the text's
+   last number is not read instead: a hedge ("6, or maybe 7", "6 (or 7)", "6 to 7", "\\boxed{5} or
+   \\boxed{6}") or a quotient with its remainder ("7 R 2"). Grading either value correct would reward
+   hedging. "6 or more" and a multi-part answer ("5 or 6", policy 6) are not hedges.
 6. **Multi-part answers.** A candidate or gold whose top level (outside brackets) is a list joined by
    ",", ";", "and", "or" (`3, 5`; `x=16 and x=81`; `x = 1 or x = -2`; `x=±1`, where ± gives both signs)
    is compared part by part as a SET: same number of parts, each matched once; "x=" names must agree

@@ -143,11 +143,97 @@ _WORD_REMARK_RE = re.compile(r"\s+\([A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-
 _CLOCK_RE = re.compile(rf"^({CLOCK})\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
 
 
+# A value, then another offered in its place: "6, or maybe 7", "6 (or 7)", "6 or perhaps 7 apples", a range
+# "6 to 7". Not one
+# answer (a hedge: grading either value correct would reward hedging). "5 or 6" alone is a two-part answer
+# (policy 6) and "6 or more" offers no second value.
+_ALTERNATIVE_RE = re.compile(
+    rf"^(?:{NUMBER})\s*(?:,\s*|\(\s*)?(?:or|maybe|perhaps|possibly|to)\b(?:\s+(?:maybe|perhaps|possibly))?"
+    rf"\s*\$?\s*(?:{NUMBER})",
+    re.IGNORECASE,
+)
+# A quotient with its remainder ("7 R 2", "7 remainder 2"): not the value 7.
+# What `finalize` returns for both: a statement that gives no single answer. It still ends the search for an
+# answer (the text's last number is not read instead), unlike None (no answer statement here at all).
+NO_SINGLE_ANSWER = ""
+_REMAINDER_RE = re.compile(rf"^(?:{NUMBER})\s*(?:R|r|rem\.?|remainder)\s*\d", re.IGNORECASE)
+
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+        ]
+    )
+}
+_TENS = {
+    w: 10 * (i + 2)
+    for i, w in enumerate(["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"])
+}
+_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
+# Words after a number word that make it part of a phrase, not a value: "one of them", "one more than".
+_NOT_A_VALUE_AFTER = frozenset(
+    {"of", "more", "less", "fewer", "than", "or", "times", "half", "third", "quarter"}
+)
+
+
+def number_words(s: str) -> str | None:
+    """The value of an answer written in words: "twelve", "twenty-one", "one hundred and five", "three apples"
+    (at most three words of units after it); None for anything else ("one of them", "a dozen", "first")."""
+    words = re.findall(r"[A-Za-z]+|\S", s.lower().replace("-", " "))
+    total = current = 0
+    used = 0
+    for w in words:
+        if w in _UNITS:
+            current += _UNITS[w]
+        elif w in _TENS:
+            current += _TENS[w]
+        elif w in _SCALES and used:
+            if w == "hundred":
+                current *= 100
+            else:
+                total += current * _SCALES[w]
+                current = 0
+        elif w == "and" and used and words[used - 1] in _SCALES:
+            pass  # "one hundred and five"
+        else:
+            break
+        used += 1
+    if not used or words[used - 1] == "and":
+        return None
+    rest = words[used:]
+    if rest and rest[-1] in {".", "!"}:
+        rest = rest[:-1]
+    if len(rest) > 3 or any(not w.isalpha() or w in _NOT_A_VALUE_AFTER for w in rest):
+        return None
+    return str(total + current)
+
+
 def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     """Turn the text after an answer marker (or a box's content) into one final answer, or None.
 
     Keeps multi-part lists whole, the part after the last "=", the leading number of "13 apples" and
     value notations (2^10, 5!, 1.5 \\times 10^3); rejects unevaluated arithmetic such as "12 + 1".
+    Returns NO_SINGLE_ANSWER for a statement of two values in place of one ("6, or maybe 7", "7 R 2").
     """
     raw = candidate.replace(MINUS, "-").strip()
     if not raw:
@@ -172,6 +258,14 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
         return time.group(1)  # "3:45 PM" -> 3:45 (a time of day is compared as written, without AM/PM)
     if split_parts(s) is not None:
         return s  # "3, 5", "x = 1 or x = -2": a multi-part answer, compared as a set
+    if _ALTERNATIVE_RE.match(s) or _REMAINDER_RE.match(s):
+        return (
+            NO_SINGLE_ANSWER  # "6, or maybe 7": a hedge between two values; "7 R 2": a quotient and remainder
+        )
+    if re.match(r"[A-Za-z]", s) and not math_ctx:
+        value = number_words(s)
+        if value is not None:
+            return value  # "twelve", "twenty-one apples"
     lead = _leading_number(s, math_ctx)
     if lead is not None and not SIMPLE_VALUE_RE.match(s):
         return lead  # "13 apples", "1,234, which is ...", "7 because 3 + 4 = 7"

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from flowdpo.data.answers import UnclosedBox, all_boxed
 from flowdpo.grading.candidates import (
+    NO_SINGLE_ANSWER,
     PENDING_STATEMENT_RE,
     Statement,
     finalize,
@@ -102,7 +103,7 @@ def _phrase_statements(text: str) -> list[Statement]:
     out: list[Statement] = []
     for m in _last(ANSWER_PHRASE_RE.finditer(text)):
         cand, end = _candidate_after(text, m.end())
-        if _valid(cand):
+        if _valid(cand) or cand == NO_SINGLE_ANSWER:
             out.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
     for m in _last(REVERSE_ANSWER_RE.finditer(text)):
         cand = finalize(m.group(1))
@@ -123,7 +124,7 @@ def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
     bare = sentence.strip()
     if len(bare) <= BARE_MAX_CHARS and re.match(r"^(?:\$|\\\(|[-+]?\d|[A-Za-z]\s*=)", bare):
         direct = finalize(bare)
-        if _valid(direct):
+        if _valid(direct) or direct == NO_SINGLE_ANSWER:
             return direct, pos + stop  # type: ignore[return-value]  # "So, 13." / "Therefore, x = 5"
     verb = CONCLUSION_VERB_RE.search(sentence)
     if verb is None:
@@ -133,7 +134,7 @@ def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
     if m is None or re.search(r"\b(?:need|needs|to)\s*$", sentence[: verb.start()]):
         return None
     cand = finalize(after[m.start() :])
-    if not _valid(cand):
+    if not (_valid(cand) or cand == NO_SINGLE_ANSWER):
         return None
     return cand, pos + stop  # type: ignore[return-value]
 
@@ -144,7 +145,7 @@ def _value_statement(text: str) -> Statement | None:
     found: list[Statement] = []
     for m in _last(VALUE_STATEMENT_RE.finditer(text)):
         cand, end = _candidate_after(text, m.end())
-        if _valid(cand):
+        if _valid(cand) or cand == NO_SINGLE_ANSWER:
             found.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
     for m in _last(CONCLUSION_START_RE.finditer(text)):
         st = _conclusion(text, m.end())
@@ -305,6 +306,22 @@ def _statements(text: str, unfinished: bool = False) -> list[Statement]:
     return [value] if value is not None else []
 
 
+# Between two answer statements, words that offer the second in place of the first: "\boxed{5} or \boxed{6}",
+# "The answer is 6. Or maybe 7." (a correction cue is not one: "6. Wait, it is 7" is policy 2).
+_OFFERED_INSTEAD_RE = re.compile(
+    r"^[\s$.,;:)]*(?:or|maybe|perhaps|possibly|alternatively)\b(?:\s+(?:maybe|perhaps|possibly))?[\s$,:(]*"
+    r"(?:the\s+answer\s+(?:is|could\s+be|might\s+be)\s*)?[\s$:]*$",
+    re.IGNORECASE,
+)
+
+
+def _offered_instead(text: str, first: Statement, second: Statement) -> bool:
+    """The second statement offers another answer in place of the first (a hedge)."""
+    if not first.candidate or first.candidate == second.candidate or second.start < first.end:
+        return False
+    return _OFFERED_INSTEAD_RE.match(text[first.end : second.start]) is not None
+
+
 def _last_fragment(text: str, start: int) -> str:
     """The unfinished last sentence of a text (not before `start`)."""
     tail = text[start:]
@@ -321,6 +338,8 @@ def _extract(text: str, depth: int = 0) -> str | None:
         anchor = statements[-1]
         if not anchor.candidate:
             return None  # the last strong marker holds no answer ("\boxed{12 + 1}", "####" at the end)
+        if len(statements) > 1 and _offered_instead(text, statements[-2], anchor):
+            return None  # "\boxed{5} or \boxed{6}": a hedge between two answers, not one answer
         if unfinished and PENDING_STATEMENT_RE.search(_last_fragment(text, anchor.end)):
             return None  # cut off while stating an answer again ("... The correct answer")
         superseded, new = _after_correction(text, anchor.end, depth)
@@ -330,7 +349,7 @@ def _extract(text: str, depth: int = 0) -> str | None:
     if _is_bare(text):
         cand = finalize(text.strip())  # "-4", "2^(n-1)", "x = 1 or x = -2", "No"; "5 - 4" gives None
         if cand is None or not _prose_with_number(cand):
-            return cand
+            return cand or None
         # "She pays $12.50.": a short sentence around a number, not an answer expression: read it unmarked
     if unfinished:
         return None
@@ -344,7 +363,7 @@ def extract_answer(text: str) -> str | None:
     text = text[-MAX_TEXT_CHARS:].replace(MINUS, "-").replace("\u00a0", " ")
     text = CALCULATOR_RE.sub("", text)  # GSM8K calculator annotations "<<48/2=24>>" are not text
     try:
-        return _extract(text)
+        return _extract(text) or None  # NO_SINGLE_ANSWER is no answer
     except UnclosedBox:
         return None
 

@@ -436,7 +436,34 @@ LATEX_NUMBERS = [
     ("\\boxed{\\text{5 apples}}", "5", True, "5"),
     ("\\boxed{\\text{no solution}}", "\\text{no solution}", True, "\\text{no solution}"),
 ]
+# Hedges: a second value offered in place of the first is no single answer, whichever value is gold (grading
+# either one correct would reward hedging); a value with a condition or a multi-part answer is not a hedge.
+HEDGES = [
+    ("The answer is \\boxed{5} or \\boxed{6}.", "6", False, None),
+    ("The answer is \\boxed{5} or \\boxed{6}.", "5", False, None),
+    ("The answer is \\boxed{6}. Or maybe \\boxed{7}.", "7", False, None),
+    ("The answer is 6, or maybe 7.", "6", False, None),
+    ("The answer is 6, or maybe 7.", "7", False, None),  # the last number must not be read instead
+    ("So the total is 6 (or 7).", "7", False, None),
+    ("The answer is 6 to 7 hours.", "6", False, None),
+    ("The answer is 7 R 2.", "7", False, None),
+    ("The answer is 7 remainder 2.", "2", False, None),
+    ("The answer is 6 or more.", "6", True, "6"),
+    ("The answer is \\boxed{6}. Or, checking again: \\boxed{6}.", "6", True, "6"),
+    ("First \\boxed{5}, then adding 1 gives \\boxed{6}.", "6", True, "6"),
+]
+# An answer in words is the number it names; a number word inside a phrase is not an answer.
+NUMBER_WORDS = [
+    ("The answer is twelve.", "12", True, "12"),
+    ("The answer is twenty-one apples.", "21", True, "21"),
+    ("The answer is one hundred and five.", "105", True, "105"),
+    ("The answer is two thousand three hundred.", "2300", True, "2300"),
+    ("The answer is seven.", "8", False, "7"),
+    ("The answer is one of the two numbers, 4.", "1", False, "one of the two numbers, 4"),
+    ("The answer is three times 4, which is 12.", "3", False, "12"),
+]
 NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES + MIXED_AND_CURRENCY + LATEX_NUMBERS
+NEW_CASES += HEDGES + NUMBER_WORDS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
@@ -533,6 +560,9 @@ def test_extract_answer_priority() -> None:
         "The answer is 1 (" + "a " * 5_000 + ")",  # a remark of many words
         "The answer is " + "3:" * 10_000 + "4",  # a long chain of colons
         "So " + "1 1/2 " * 3_000 + "cups",  # many mixed numbers
+        "The answer is " + "twenty " * 20_000 + "one",  # a long run of number words
+        "The answer is " + "\\boxed{5} or " * 3_000 + "\\boxed{6}",  # many hedged boxes
+        "The answer is 6" + ", or maybe" * 10_000 + " 7",  # a long hedge
     ],
 )
 def test_pathological_inputs_are_fast(text: str) -> None:
