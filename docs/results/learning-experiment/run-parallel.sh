@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The steps of run.sh after the main run, with the two evaluations side by side (one core each):
+# The steps of run.sh after the two training runs, spread over both cores:
 #   control run (returns at once when finished)
-#   main run's compile, ALONE: its SFT takes 20-24 GB of this 24 GB machine (measured; beside another model
-#   process it was killed for memory)
-#   control run's eval (trained-flow row) + report  |  main run's eval (every row) + report
+#   control run's eval (trained-flow row) + report    |  main run's compile (its SFT alone takes up to 10 GB)
+#                                                     |  main run's eval in two processes: the two flow rows |
+#                                                     |  the one-pass rows; then the whole table + report
 # then analyze.py. The same commands with the same files and settings as run.sh; only the order across the
-# two runs differs (nothing of one run is read by the other's steps before analyze.py). Every step resumes
-# from storage (a flow eval row block by block), so rerun it after an interruption.
+# two runs and the split of the main run's rows across two processes differ. That changes no answer: every
+# row seeds its own random streams at its start (compile/eval.py), nothing of one run is read by the other's
+# steps before analyze.py, and the last `flowdpo eval` of the main run reuses every stored row.
+# Every step resumes from storage (a flow eval row block by block), so rerun this after an interruption.
 #   bash docs/results/learning-experiment/run-parallel.sh [CHECKOUT]   (CHECKOUT: where run.sh ran; default here)
 set -uo pipefail
 root=${1:-$(cd "$(dirname "$0")/../../.." && pwd)}
@@ -17,7 +19,6 @@ export HF_HUB_OFFLINE=1
 mkdir -p runs/logs
 start=$(date +%s)
 $f run $here/control.yaml --no-report --no-progress >> runs/logs/control-chain.log 2>&1 || exit 1
-$f compile $here/run.yaml --no-progress >> runs/logs/main-chain.log 2>&1 || exit 1
 (
   set -e
   $f eval $here/control.yaml --rows flow-trained --no-progress
@@ -26,7 +27,16 @@ $f compile $here/run.yaml --no-progress >> runs/logs/main-chain.log 2>&1 || exit
 control=$!
 (
   set -e
-  $f eval $here/run.yaml --no-progress
+  # A compile started by an earlier run of this script may still be running: let it finish (a second one
+  # would train the same SFT beside it). Rerunning compile afterwards is a no-op once every source is trained.
+  while pgrep -f "flowdpo compile $here/run.yaml" > /dev/null; do sleep 60; done
+  $f compile $here/run.yaml --no-progress
+  $f eval $here/run.yaml --rows flow-untrained,flow-trained --no-progress >> runs/logs/main-eval-flows.log 2>&1 &
+  flows=$!
+  $f eval $here/run.yaml --no-progress \
+    --rows zero-shot,sft-ground-truth,sft-self-generated,sft-flow-generated,zero-shot-sampled
+  wait $flows
+  $f eval $here/run.yaml --no-progress # the whole table from the stored rows
   $f report $here/run.yaml --out $here/main-report
 ) >> runs/logs/main-chain.log 2>&1 &
 main=$!
