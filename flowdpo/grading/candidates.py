@@ -36,9 +36,11 @@ class Statement:
 
 
 def strip_wrappers(s: str) -> str:
-    """Remove markdown/LaTeX wrappers and trailing punctuation around a candidate answer."""
-    prev = None
-    while prev != s:
+    """Remove markdown/LaTeX wrappers and trailing punctuation around a candidate answer.
+
+    At most _MAX_WRAPPER_LAYERS rounds: each round is linear, and a text of thousands of wrappers ("\\$\\$...")
+    must not take a round per wrapper (quadratic: 15 s for 20,000)."""
+    for _ in range(_MAX_WRAPPER_LAYERS):
         prev = s
         s = s.strip()
         s = re.sub(r"^(?:\*\*|__|`|\$|\\\(|\\\[)+", "", s)
@@ -48,9 +50,12 @@ def strip_wrappers(s: str) -> str:
         s = re.sub(r"^\\\$", "", s)  # a currency sign "\$18.90"
         s = re.sub(r"^\\(?:displaystyle|textstyle)\s*", "", s)
         s = _VALUE_IN_TEXT_RE.sub(r"\1", s)  # "\mathbf{12}", "\text{5 apples}": the value inside
+        if s == prev:
+            break
     return _LATEX_THOUSANDS_RE.sub("", s)  # "1\,000", "1{,}000": one number
 
 
+_MAX_WRAPPER_LAYERS = 16
 # A LaTeX thousands separator between digit groups: thin space, space, or a braced comma.
 _LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\,|\\ |\\;|\{,\})(?=\d{3}(?!\d))")
 _VALUE_IN_TEXT_RE = re.compile(r"^\\(?:text|textbf|textrm|mathbf|mathrm|boldsymbol|mbox)\{([-+]?\d[^{}]*)\}$")
@@ -111,7 +116,7 @@ def _leading_number(s: str, math_ctx: bool) -> str | None:
     if not rest.strip():
         return None  # the whole candidate is the value: nothing to cut
     rest = re.sub(r"^(?:\*\*|__|`|\$)+(?=\W|$)", "", rest)  # "**13**, which ..."
-    if re.match(r"^\s*(?:\^|\\times|\\cdot|\*|×|/|\.\d|\\%)", rest):
+    if re.match(r"^\s*(?:\^|\\times|\\cdot|\*|×|/|\.\d|\\%|[xX]\s*\d)", rest):
         return None  # the value goes on (an expression): not a value followed by words
     if rest.startswith("!"):
         if math_ctx or re.match(r"^!\s*[\w\\(=]", rest):
@@ -139,7 +144,14 @@ def _last_top_level_eq(s: str) -> int:
 
 _CURRENCY_RE = re.compile(r"^(?:USD|US\$|EUR|GBP|INR|Rs\.?|€|£|¥|₹)\s*(?=[-+]?\d)")
 _MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Za-z][\w\s'-]{0,30})?$")
-_WORD_REMARK_RE = re.compile(r"\s+\([A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}\s*\)\s*[.!]?$")
+_WORD_REMARK_RE = re.compile(
+    r"\s+\((?:[A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}"  # "7 (seven)", "12 (in total)"
+    r"|\s*\d[\d.,]*(?:\s*[-+*/×÷xX]\s*\d[\d.,]*){1,8}(?:\s*=\s*\d[\d.,]*)?)\s*\)\s*[.!]?$"  # "8 (10 - 2)"
+)
+# A sign before a currency sign: "-$5", "+€3".
+_SIGNED_CURRENCY_RE = re.compile(r"^([-+])\s*(?:\\?\$|€|£|¥|₹)\s*(?=\d)")
+# A number in words with its digits in brackets: "eight (8)".
+_WORDS_THEN_DIGITS_RE = re.compile(rf"([A-Za-z][A-Za-z\s-]{{0,60}}?)\s*\(\s*({NUMBER})\s*\)\s*[.!]?")
 _CLOCK_RE = re.compile(rf"^({CLOCK})\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
 
 
@@ -246,6 +258,7 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     if remark and re.search(r"[\d\\]", s[: remark.start()]):
         s = s[: remark.start()]  # "7 (seven)", "12 (in total)": a remark in words after the value
     s = _CURRENCY_RE.sub("", s)  # "USD 12", "Rs. 40", "€5"
+    s = _SIGNED_CURRENCY_RE.sub(r"\1", s)  # "-$5" -> -5
     mixed = _MIXED_RE.match(s)
     if mixed and int(mixed.group(3)) < int(mixed.group(4)):  # "3 1/2" -> 7/2
         sign, whole, num, den = mixed.group(1), *map(int, mixed.group(2, 3, 4))
@@ -263,6 +276,9 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
             NO_SINGLE_ANSWER  # "6, or maybe 7": a hedge between two values; "7 R 2": a quotient and remainder
         )
     if re.match(r"[A-Za-z]", s) and not math_ctx:
+        both = _WORDS_THEN_DIGITS_RE.fullmatch(s)
+        if both and number_words(both.group(1)) == both.group(2).replace(",", ""):
+            return both.group(2)  # "eight (8)"
         value = number_words(s)
         if value is not None:
             return value  # "twelve", "twenty-one apples"

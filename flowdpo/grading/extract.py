@@ -39,6 +39,14 @@ from flowdpo.grading.rules import (
 )
 
 
+def _closing(text: str, delimiter: str, start: int) -> int:
+    """Where a math span's closing delimiter is, skipping escaped dollars ("$\\$18$" holds a currency sign)."""
+    at = text.find(delimiter, start)
+    while at > 0 and delimiter.startswith("$") and text[at - 1] == "\\":
+        at = text.find(delimiter, at + 1)
+    return at
+
+
 def _candidate_after(text: str, pos: int) -> tuple[str | None, int]:
     """The finalized candidate in the sentence that starts at `pos`, and where that sentence ends."""
     rest = text[pos : pos + WINDOW]
@@ -50,7 +58,7 @@ def _candidate_after(text: str, pos: int) -> tuple[str | None, int]:
     math_span = None
     for open_, close_ in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if rest.startswith(open_):
-            close = rest.find(close_, len(open_))
+            close = _closing(rest, close_, len(open_))
             if close > 0:
                 math_span = rest[: close + len(close_)]
                 if end is None or end.start() < close:

@@ -463,7 +463,22 @@ NUMBER_WORDS = [
     ("The answer is three times 4, which is 12.", "3", False, "12"),
 ]
 NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES + MIXED_AND_CURRENCY + LATEX_NUMBERS
-NEW_CASES += HEDGES + NUMBER_WORDS
+# Written forms of one value: an escaped dollar inside $...$ (it was read as the span's end), a sign before a
+# currency sign, the computation in brackets after the value, "x" as a times sign, words with their digits.
+WRITTEN_FORMS = [
+    ("The answer is $\\$42$.", "42", True, "42"),
+    ("So $x = 5$ and $\\$3$ is left. The answer is $\\$3$.", "3", True, "3"),
+    ("The answer is -$5.", "-5", True, "-5"),
+    ("The answer is -$5.", "5", False, "-5"),
+    ("The answer is 8 (10 - 2).", "8", True, "8"),
+    ("The answer is 8 (10-2).", "10", False, "8"),
+    ("The answer is 2 x 4 = 8.", "8", True, "8"),
+    ("The answer is 2 x 4 = 8.", "2", False, "8"),  # it was read as "2 x ...": the 2
+    ("The answer is 2 x 4.", "2", False, "2 x 4"),
+    ("The answer is eight (8).", "8", True, "8"),
+    ("The answer is eight (9).", "9", False, "eight (9)"),
+]
+NEW_CASES += HEDGES + NUMBER_WORDS + WRITTEN_FORMS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
@@ -563,6 +578,9 @@ def test_extract_answer_priority() -> None:
         "The answer is " + "twenty " * 20_000 + "one",  # a long run of number words
         "The answer is " + "\\boxed{5} or " * 3_000 + "\\boxed{6}",  # many hedged boxes
         "The answer is 6" + ", or maybe" * 10_000 + " 7",  # a long hedge
+        "The answer is $" + "\\$" * 20_000 + "7$",  # many escaped dollars in a math span
+        "The answer is 8 (" + "1 + " * 20_000 + "1)",  # a long computation in brackets
+        "The answer is " + "2 x " * 20_000 + "4",  # a long chain of times signs
     ],
 )
 def test_pathological_inputs_are_fast(text: str) -> None:
