@@ -10,6 +10,10 @@ from pathlib import Path
 
 def storage_arg(value: str) -> str:
     """A run folder or URI: a plain path is a local folder."""
+    if not value.strip():
+        from flowdpo.spec import SpecError
+
+        raise SpecError("expected a run folder or a storage URI, got an empty argument")
     return value if "://" in value else f"file://{Path(value).resolve()}"
 
 
@@ -37,9 +41,24 @@ def add_storage_option(p) -> None:
     p.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
 
 
+def apply_storage_option(doc, value: str | None):
+    """Set spec.storage.uri from `--storage` (if given), validated like the run file's own field."""
+    if value is None:
+        return doc
+    from pydantic import ValidationError
+
+    from flowdpo.spec import SpecError
+
+    try:
+        doc.spec.storage.uri = storage_arg(value)
+    except SpecError as err:
+        raise SpecError(f"--storage: {err}") from None
+    except ValidationError as err:
+        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise SpecError(f"--storage {value!r}: {why}") from None
+    return doc
+
+
 def load_with_storage(args):
     """The run file of `args.file` with `--storage` (if given) applied."""
-    doc = load_run_file(args.file)
-    if getattr(args, "storage", None):
-        doc.spec.storage.uri = storage_arg(args.storage)
-    return doc
+    return apply_storage_option(load_run_file(args.file), getattr(args, "storage", None))

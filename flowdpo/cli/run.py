@@ -5,16 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from flowdpo.cli.common import load_run_file, local_run_dir, run_uri, storage_arg
+from flowdpo.cli.common import add_storage_option, load_run_file, load_with_storage, local_run_dir, run_uri
 
 
 def cmd_run(args) -> int:
     from flowdpo.metrics import Metrics
     from flowdpo.run.local import run_local
 
-    doc = load_run_file(args.file)
-    if args.storage:
-        doc.spec.storage.uri = storage_arg(args.storage)
+    doc = load_with_storage(args)
     metrics = Metrics(doc.name)
     if args.metrics_port:
         metrics.serve(args.metrics_port)
@@ -69,7 +67,7 @@ def cmd_prepare(args) -> int:
     from flowdpo.run.prepare import prepare_run
     from flowdpo.storage import open_store
 
-    doc = load_run_file(args.file)
+    doc = load_with_storage(args)
     store = open_store(doc.storage_uri())
     m = prepare_run(store, doc)
     print(f"{m['examples']} examples in {m['shards']} shards under {doc.storage_uri()}")
@@ -80,9 +78,7 @@ def cmd_signal(args) -> int:
     from flowdpo.signal.check import SignalSettings, run_signal
     from flowdpo.signal.render import render_markdown, write_outputs
 
-    doc = load_run_file(args.file)
-    if args.storage:
-        doc.spec.storage.uri = storage_arg(args.storage)
+    doc = load_with_storage(args)
     try:
         settings = SignalSettings(
             questions=args.questions,
@@ -113,7 +109,7 @@ def cmd_validate(args) -> int:
 def add_subparsers(sub) -> None:
     r = sub.add_parser("run", help="run the whole pipeline on this machine (resumes if stopped)")
     r.add_argument("file", nargs="?", help="FlowDPORun YAML (default: the embedded quickstart)")
-    r.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
+    add_storage_option(r)
     r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-report", action="store_true", help="do not write the report at the end")
@@ -131,6 +127,7 @@ def add_subparsers(sub) -> None:
 
     pr = sub.add_parser("prepare", help="write example shards into the run's storage")
     pr.add_argument("file", help="FlowDPORun YAML")
+    add_storage_option(pr)
     pr.set_defaults(func=cmd_prepare)
 
     v = sub.add_parser("validate", help="validate a run file and print the resolved spec")
@@ -150,7 +147,7 @@ def add_subparsers(sub) -> None:
     sg.add_argument("--holdout", type=float, default=0.2, help="share of questions held out (default 0.2)")
     sg.add_argument("--length-questions", type=int, default=64, help="one-pass answers for the length check")
     sg.add_argument("--seed", type=int, default=0)
-    sg.add_argument("--storage", help="override spec.storage.uri (a folder or URI)")
+    add_storage_option(sg)
     sg.add_argument("--out", help="local folder for signal.json/.md/.png (default: <run folder>/signal)")
     sg.add_argument("--no-progress", action="store_true", help="no progress bar")
     sg.set_defaults(func=cmd_signal)
