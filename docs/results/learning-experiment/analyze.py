@@ -49,6 +49,17 @@ def compare(a: dict[str, list[dict]], b: dict[str, list[dict]]) -> dict:
     )
 
 
+def regrade(per_q: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The same answers graded by today's grader."""
+    return {q: [{**r, "correct": grade(r["answer"], r["gold"]).correct} for r in rs] for q, rs in per_q.items()}
+
+
+def changed(before: dict[str, list[dict]], after: dict[str, list[dict]]) -> dict:
+    """How many verdicts a regrade turned, each way."""
+    pairs = [(a["correct"], b["correct"]) for q in before for a, b in zip(before[q], after[q])]
+    return {"wrongToRight": sum(1 for a, b in pairs if not a and b), "rightToWrong": sum(1 for a, b in pairs if a and not b)}
+
+
 def ends(per_q: dict[str, list[dict]]) -> dict:
     answers = [a for rs in per_q.values() for a in rs]
     n = len(answers)
@@ -124,6 +135,15 @@ def main(argv=None) -> int:
     # A check of the stored verdicts: every answer is regraded with today's grader.
     regraded = sum(grade(r["answer"], r["gold"]).correct != r["correct"] for rs in trained.values() for r in rs)
     result["regradedDisagreements"] = regraded
+    # NOT pre-registered (added after the plan, before the primary endpoint was known): the grader was fixed
+    # after the runs graded their answers (hedges, number words, escaped dollars, ...). The primary endpoint
+    # with both flows' answers regraded by today's grader says whether the result depends on those fixes.
+    regraded_trained, regraded_untrained = regrade(trained), regrade(untrained)
+    result["sensitivityTodaysGrader"] = {
+        "what": "primary endpoint with every answer of both flows regraded by today's grader (not pre-registered)",
+        **compare(regraded_trained, regraded_untrained),
+        "changedVerdicts": {"trained": changed(trained, regraded_trained), "untrained": changed(untrained, regraded_untrained)},
+    }
     (HERE / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({"primary": result["primary"], "control": result["control"]}, indent=1))
     return 0
