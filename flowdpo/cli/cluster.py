@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+from flowdpo.cli.arguments import port, positive_seconds
 from flowdpo.cli.common import add_storage_option, load_with_storage
 
 
@@ -99,17 +100,20 @@ def cmd_metrics_proxy(args) -> int:
 def _common(p, poll_default: float) -> None:
     p.add_argument("file", help="FlowDPORun YAML")
     add_storage_option(p)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on PORT")
+    p.add_argument("--metrics-port", type=port, help="serve Prometheus metrics on PORT")
     p.add_argument("--metrics-addr", default="0.0.0.0", help="address for --metrics-port (default 0.0.0.0: pod IP)")
-    p.add_argument("--poll-seconds", type=float, default=poll_default, help="how often to look for new work")
+    p.add_argument(
+        "--poll-seconds", type=positive_seconds, default=poll_default, help="how often to look for new work"
+    )
 
 
 def add_subparsers(sub) -> None:
     w = sub.add_parser("worker", help="rollout worker: claim shards, run the flow, write results and pairs")
     _common(w, 2.0)
     w.add_argument(
-        "--lease-seconds", type=float, default=float(os.environ.get("FLOWDPO_LEASE_SECONDS", "60")),
-        help="claim lease, renewed every third of it; a dead worker's shard is taken over after it (default 60)",
+        "--lease-seconds", type=positive_seconds, default=os.environ.get("FLOWDPO_LEASE_SECONDS", "60"),
+        help="claim lease, renewed every third of it; a dead worker's shard is taken over after it "
+        "(default $FLOWDPO_LEASE_SECONDS or 60)",
     )
     w.add_argument("--worker-id", help="name in claims (default: host-pid-random)")
     w.add_argument("--vllm-url", help="vLLM server for rollout.backend=vllm (default $FLOWDPO_VLLM_URL or :8000)")
@@ -131,6 +135,6 @@ def add_subparsers(sub) -> None:
 
     m = sub.add_parser("metrics-proxy", help="serve a pod-local /metrics page (the vLLM server's) on the pod IP, read-only")
     m.add_argument("--upstream", required=True, help="the page to relay, e.g. http://127.0.0.1:8000/metrics")
-    m.add_argument("--metrics-port", type=int, required=True, help="port to serve /metrics on")
+    m.add_argument("--metrics-port", type=port, required=True, help="port to serve /metrics on")
     m.add_argument("--metrics-addr", default="0.0.0.0", help="address to listen on (default 0.0.0.0: pod IP)")
     m.set_defaults(func=cmd_metrics_proxy)

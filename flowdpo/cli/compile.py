@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+from flowdpo.cli.arguments import positive_int
 from flowdpo.cli.common import add_storage_option, load_with_storage
 
 
@@ -128,5 +129,5 @@ def _add_judge(sub) -> None:
     j.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     j.add_argument("--a", default="flow-generated", choices=COMPILE_SOURCES, help="first source")
     j.add_argument("--b", default="self-generated", choices=COMPILE_SOURCES, help="second source")
-    j.add_argument("--questions", type=int, help="judge a seeded sample of this many questions (default all)")
+    j.add_argument("--questions", type=positive_int, help="judge a seeded sample of this many questions (default all)")
     j.set_defaults(func=cmd_judge)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from flowdpo.cli.arguments import any_int, number, port
 from flowdpo.cli.common import add_storage_option, load_run_file, load_with_storage, local_run_dir, run_uri
 
 
@@ -110,7 +111,7 @@ def add_subparsers(sub) -> None:
     r = sub.add_parser("run", help="run the whole pipeline on this machine (resumes if stopped)")
     r.add_argument("file", nargs="?", help="FlowDPORun YAML (default: the embedded quickstart)")
     add_storage_option(r)
-    r.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    r.add_argument("--metrics-port", type=port, help="serve Prometheus metrics on 127.0.0.1:PORT")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     r.set_defaults(func=cmd_run)
@@ -139,14 +140,14 @@ def add_subparsers(sub) -> None:
         help="before training: do this run's DPO pairs carry a learnable signal? (mine once, offline DPO, held-out pair accuracy)",
     )
     sg.add_argument("file", nargs="?", help="FlowDPORun YAML (default: the embedded quickstart)")
-    sg.add_argument("--questions", type=int, default=64, help="questions to mine pairs from (default 64)")
+    sg.add_argument("--questions", type=any_int, default=64, help="questions to mine pairs from (default 64)")
     sg.add_argument(
-        "--lr", type=float, action="append", help="learning rate to try (repeat; default: the run's x 1/3, 1, 3)"
+        "--lr", type=number, action="append", help="learning rate to try (repeat; default: the run's x 1/3, 1, 3)"
     )
-    sg.add_argument("--epochs", type=int, default=3, help="passes over the training pairs (default 3)")
-    sg.add_argument("--holdout", type=float, default=0.2, help="share of questions held out (default 0.2)")
-    sg.add_argument("--length-questions", type=int, default=64, help="one-pass answers for the length check")
-    sg.add_argument("--seed", type=int, default=0)
+    sg.add_argument("--epochs", type=any_int, default=3, help="passes over the training pairs (default 3)")
+    sg.add_argument("--holdout", type=number, default=0.2, help="share of questions held out (default 0.2)")
+    sg.add_argument("--length-questions", type=any_int, default=64, help="one-pass answers for the length check")
+    sg.add_argument("--seed", type=any_int, default=0)
     add_storage_option(sg)
     sg.add_argument("--out", help="local folder for signal.json/.md/.png (default: <run folder>/signal)")
     sg.add_argument("--no-progress", action="store_true", help="no progress bar")

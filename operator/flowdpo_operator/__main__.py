@@ -16,12 +16,7 @@ import os
 import random
 import sys
 
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+from flowdpo.cli.arguments import any_int, port_or_off, positive_seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,13 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (the default)")
     p.add_argument(
-        "--liveness-port", type=int, default=8080, help="serve http://0.0.0.0:PORT/healthz (0: off; default 8080)"
+        "--liveness-port", type=port_or_off, default=8080, help="serve http://0.0.0.0:PORT/healthz (0: off; default 8080)"
     )
-    p.add_argument("--metrics-port", type=int, default=0, help="serve the operator's Prometheus metrics on PORT")
+    p.add_argument(
+        "--metrics-port", type=port_or_off, default=0, help="serve the operator's Prometheus metrics on PORT (0: off)"
+    )
     p.add_argument(
         "--resync-seconds",
-        type=_positive_float,
-        default=float(os.environ.get("FLOWDPO_OPERATOR_RESYNC_SECONDS", "10")),
+        type=positive_seconds,
+        default=os.environ.get("FLOWDPO_OPERATOR_RESYNC_SECONDS", "10"),
         help="how often each run's Jobs and progress.json are observed "
         "(default $FLOWDPO_OPERATOR_RESYNC_SECONDS or 10)",
     )
@@ -65,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of the operators sharing it only the highest priority acts; default: standalone",
     )  # fmt: skip
     p.add_argument(
-        "--priority", type=int, default=None,
+        "--priority", type=any_int, default=None,
         help="peering priority (default: random, so that two operators never tie; kopf freezes all on a tie)",
     )  # fmt: skip
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")

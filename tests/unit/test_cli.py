@@ -63,3 +63,68 @@ def test_every_command_that_reads_a_run_file_offers_the_storage_option():
     assert {"run", "signal", "compile", "eval", "judge", "worker", "trainer", "prepare"} <= set(
         _commands_with_storage_option()
     )
+
+
+def _numeric_options():
+    """(parser name, subcommand, option, type) of every numeric option of flowdpo and flowdpo-operator."""
+    from flowdpo.cli import arguments
+    from flowdpo.cli.main import build_parser
+    from flowdpo_operator.__main__ import build_parser as operator_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    parsers = [("flowdpo", name, p) for name, p in sub.choices.items()] + [("operator", None, operator_parser())]
+    out = []
+    for prog, name, p in parsers:
+        for a in p._actions:
+            if a.type in (int, float):
+                raise AssertionError(f"{prog} {name} {a.option_strings}: a bare {a.type.__name__} type")
+            if a.option_strings and getattr(a.type, "__module__", None) == arguments.__name__:
+                out.append((prog, name, a.option_strings[-1], a.type.__name__))
+    return out
+
+
+NUMERIC_OPTIONS = _numeric_options()
+
+
+def test_every_numeric_option_has_a_checked_type():
+    assert {o[2] for o in NUMERIC_OPTIONS} >= {"--metrics-port", "--poll-seconds", "--lease-seconds", "--priority"}
+
+
+@pytest.mark.parametrize(("prog", "command", "option", "kind"), NUMERIC_OPTIONS)
+def test_a_bad_number_is_a_usage_error_naming_the_option(prog, command, option, kind, capsys):
+    """Not a traceback at the first bind() or sleep(): argparse's usage error (exit 2), before anything runs."""
+    from flowdpo.cli.main import build_parser
+    from flowdpo_operator.__main__ import build_parser as operator_parser
+
+    bad = {"port": ["abc", "0", "-5", "70000", "1.5"], "port_or_off": ["abc", "-5", "70000"],
+           "positive_seconds": ["abc", "-1", "0", "nan", "inf", "1e999"], "positive_int": ["abc", "0", "-3", "2.5"],
+           "any_int": ["abc", "2.5"], "number": ["abc", "nan", "-inf"]}[kind]  # fmt: skip
+    for value in bad:
+        if prog == "operator":
+            argv = []
+        elif command == "metrics-proxy":
+            argv = [command, "--upstream", "http://127.0.0.1:1/metrics", "--metrics-port", "9400"]
+        else:
+            argv = [command, "run.yaml"]
+        argv.append(f"{option}={value}")
+        parser = operator_parser() if prog == "operator" else build_parser()
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and f"argument {option}" in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_bad_environment_default_is_named_and_other_commands_still_work(monkeypatch, capsys):
+    from flowdpo.spec import quickstart_path
+    from flowdpo_operator.__main__ import build_parser as operator_parser
+
+    monkeypatch.setenv("FLOWDPO_LEASE_SECONDS", "abc")
+    monkeypatch.setenv("FLOWDPO_OPERATOR_RESYNC_SECONDS", "-1")
+    with pytest.raises(SystemExit) as exit_:
+        main(["worker", str(quickstart_path())])
+    assert exit_.value.code == 2 and "argument --lease-seconds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        operator_parser().parse_args([])
+    assert exit_.value.code == 2 and "argument --resync-seconds" in capsys.readouterr().err
+    assert main(["validate", str(quickstart_path())]) == 0  # only the commands that use the variable refuse it
+    assert operator_parser().parse_args(["--resync-seconds", "5"]).resync_seconds == 5
