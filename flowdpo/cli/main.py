@@ -28,6 +28,7 @@ from flowdpo.cli import run as run_commands
 def error_exit_codes() -> dict[type[BaseException], int]:
     """The one table of errors a user can cause and their exit codes: message on stderr, no traceback."""
     from flowdpo.compile.common import CompileError
+    from flowdpo.envvars import EnvError
     from flowdpo.loader import BackendError
     from flowdpo.models import ModelError
     from flowdpo.run.prepare import DataError, RunConflictError
@@ -36,7 +37,7 @@ def error_exit_codes() -> dict[type[BaseException], int]:
     from flowdpo.storage import StoreError
 
     user_errors = (SpecError, ModelError, RunConflictError, StoreError, CompileError, BackendError, DataError,
-                   RunBusyError)
+                   RunBusyError, EnvError)
     return {cls: 2 for cls in user_errors}
 
 

@@ -31,7 +31,6 @@ protocol promises.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +92,9 @@ class Decoder:
         self.max_batch = max_batch
         self.max_batch_positions = max_batch_positions
         if cache_bytes is None:
-            cache_bytes = int(float(os.environ.get("FLOWDPO_KV_CACHE_MB", DEFAULT_CACHE_BYTES / 2**20)) * 2**20)
+            from flowdpo.envvars import env_number
+
+            cache_bytes = int(env_number("FLOWDPO_KV_CACHE_MB", DEFAULT_CACHE_BYTES / 2**20, positive=True) * 2**20)
         self.cache_bytes = cache_bytes
         cfg = self.hf.config
         self.n_layers = cfg.num_hidden_layers

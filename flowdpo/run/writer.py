@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 
+from flowdpo.envvars import env_number
 from flowdpo.run.claims import WRITER_CLAIMS, Claim, Claims, Heartbeat, new_worker_id
 from flowdpo.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_SECONDS = float(os.environ.get("FLOWDPO_WRITER_LEASE_SECONDS", "60"))
+DEFAULT_LEASE_SECONDS = 60.0  # FLOWDPO_WRITER_LEASE_SECONDS overrides it
 
 
 class RunBusyError(RuntimeError):
@@ -31,7 +31,9 @@ class RunBusyError(RuntimeError):
 
 
 class WriterLease:
-    def __init__(self, store: ObjectStore, role: str, lease_seconds: float = DEFAULT_LEASE_SECONDS):
+    def __init__(self, store: ObjectStore, role: str, lease_seconds: float | None = None):
+        if lease_seconds is None:
+            lease_seconds = env_number("FLOWDPO_WRITER_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, positive=True)
         self.store = store
         self.claims = Claims(
             store, f"{role}-{new_worker_id()}", lease_seconds, keys=WRITER_CLAIMS, reclaim_dead_local=True

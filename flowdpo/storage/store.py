@@ -42,6 +42,8 @@ from obstore.exceptions import (
     UnauthenticatedError,
 )
 
+from flowdpo.envvars import env_number
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -189,7 +191,7 @@ class ObjectStore:
     ):
         self.uri = uri
         self.retry_seconds = (
-            float(os.environ.get(_RETRY_SECONDS_ENV, "300")) if retry_seconds is None else retry_seconds
+            env_number(_RETRY_SECONDS_ENV, 300.0, minimum=0) if retry_seconds is None else retry_seconds
         )
         parsed = urlparse(uri)
         self.cloud = parsed.scheme in ("s3", "gs", "az", "abfs")

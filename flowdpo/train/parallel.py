@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # A follower blocks in a collective while the leader waits for rollouts or for the writer lease; the leader
 # sends a keepalive while it waits for results, and this timeout is only the last resort when a rank hangs
 # (torchrun already ends every rank as soon as one of them exits with an error).
-DEFAULT_TIMEOUT_SECONDS = float(os.environ.get("FLOWDPO_DIST_TIMEOUT_SECONDS", str(6 * 3600)))
+DEFAULT_TIMEOUT_SECONDS = 6 * 3600.0  # FLOWDPO_DIST_TIMEOUT_SECONDS overrides it
 KEEPALIVE_SECONDS = 300.0
 
 
@@ -110,7 +110,10 @@ def init_from_env(device: str = "auto") -> DataParallel | None:
     else:
         backend, device = "gloo", torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=dt.timedelta(seconds=DEFAULT_TIMEOUT_SECONDS))
+        from flowdpo.envvars import env_number
+
+        timeout = env_number("FLOWDPO_DIST_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, positive=True)
+        dist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout))
     log.info("rank %d of %d (%s on %s)", rank, world, backend, device)
     return DataParallel(rank, world, device)
 

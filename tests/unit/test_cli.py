@@ -128,3 +128,35 @@ def test_a_bad_environment_default_is_named_and_other_commands_still_work(monkey
     assert exit_.value.code == 2 and "argument --resync-seconds" in capsys.readouterr().err
     assert main(["validate", str(quickstart_path())]) == 0  # only the commands that use the variable refuse it
     assert operator_parser().parse_args(["--resync-seconds", "5"]).resync_seconds == 5
+
+
+def _writer_lease(tmp_path):
+    from flowdpo.run.writer import WriterLease
+    from flowdpo.storage import open_store
+
+    return WriterLease(open_store(f"file://{tmp_path}/run"), "trainer")
+
+
+def _store(tmp_path):
+    from flowdpo.storage import open_store
+
+    return open_store(f"file://{tmp_path}/run")
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
+@pytest.mark.parametrize(
+    ("variable", "read"), [("FLOWDPO_WRITER_LEASE_SECONDS", _writer_lease), ("FLOWDPO_STORE_RETRY_SECONDS", _store)]
+)
+def test_a_bad_number_in_an_environment_variable_is_named(variable, read, value, tmp_path, monkeypatch):
+    """Numbers from the environment are read where they are used (flowdpo/envvars.py), not at import, and a bad
+    one names the variable; EnvError is a user error (exit code 2, no traceback)."""
+    from flowdpo.cli.main import error_exit_codes
+    from flowdpo.envvars import EnvError
+
+    monkeypatch.setenv(variable, value)
+    if variable == "FLOWDPO_STORE_RETRY_SECONDS" and value == "0":
+        read(tmp_path)  # no retries is a valid choice
+        return
+    with pytest.raises(EnvError, match=f"^{variable}='{value}': expected a number"):
+        read(tmp_path)
+    assert error_exit_codes()[EnvError] == 2
