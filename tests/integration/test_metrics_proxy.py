@@ -105,7 +105,7 @@ def test_an_unreachable_upstream_is_a_502_naming_it():
 
 def test_a_bad_upstream_is_refused_at_start():
     out = subprocess.run(
-        [FLOWDPO, "metrics-proxy", "--upstream", "127.0.0.1:8000", "--metrics-port", "0"],
+        [FLOWDPO, "metrics-proxy", "--upstream", "127.0.0.1:8000", "--metrics-port", "9400"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert out.returncode == 2 and "--upstream: '127.0.0.1:8000' is not an http(s) URL" in out.stderr
