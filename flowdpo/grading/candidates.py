@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
 from flowdpo.grading.rules import (
     ARITH_OP_RE,
@@ -160,10 +161,32 @@ _CLOCK_RE = re.compile(rf"^({CLOCK})\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
 # answer (a hedge: grading either value correct would reward hedging). "5 or 6" alone is a two-part answer
 # (policy 6) and "6 or more" offers no second value.
 _ALTERNATIVE_RE = re.compile(
-    rf"^(?:{NUMBER})\s*(?:,\s*|\(\s*)?(?:or|maybe|perhaps|possibly|to)\b(?:\s+(?:maybe|perhaps|possibly))?"
-    rf"\s*\$?\s*(?:{NUMBER})",
+    rf"^({NUMBER})\s*(?:,\s*|\(\s*)?(?:or|maybe|perhaps|possibly|to)\b(?:\s+(?:maybe|perhaps|possibly))?"
+    rf"\s*\$?\s*({NUMBER})",
     re.IGNORECASE,
 )
+
+
+def _one_value(parts: list[str]) -> str | None:
+    """The value of parts that all restate one number ("6, or 6.0"), else None."""
+    if not all(SIMPLE_VALUE_RE.match(p) and "/" not in p for p in parts):
+        return None
+    try:
+        values = {Decimal(p.replace(",", "")) for p in parts}
+    except InvalidOperation:
+        return None
+    return parts[0] if len(values) == 1 else None
+
+
+def _two_values(s: str) -> bool:
+    """`s` offers a second, different value in place of the first ("6, or maybe 7"; not "6, or 6.0")."""
+    m = _ALTERNATIVE_RE.match(s)
+    if m is None:
+        return False
+    try:
+        return Decimal(m.group(1).replace(",", "")) != Decimal(m.group(2).replace(",", ""))
+    except InvalidOperation:
+        return True
 # A quotient with its remainder ("7 R 2", "7 remainder 2"): not the value 7.
 # What `finalize` returns for both: a statement that gives no single answer. It still ends the search for an
 # answer (the text's last number is not read instead), unlike None (no answer statement here at all).
@@ -269,9 +292,11 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     time = _CLOCK_RE.match(s)
     if time:
         return time.group(1)  # "3:45 PM" -> 3:45 (a time of day is compared as written, without AM/PM)
-    if split_parts(s) is not None:
-        return s  # "3, 5", "x = 1 or x = -2": a multi-part answer, compared as a set
-    if _ALTERNATIVE_RE.match(s) or _REMAINDER_RE.match(s):
+    parts = split_parts(s)
+    if parts is not None:
+        same = _one_value(parts)
+        return same if same is not None else s  # "3, 5", "x = 1 or x = -2": a multi-part answer, compared as a set
+    if _two_values(s) or _REMAINDER_RE.match(s):
         return (
             NO_SINGLE_ANSWER  # "6, or maybe 7": a hedge between two values; "7 R 2": a quotient and remainder
         )

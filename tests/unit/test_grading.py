@@ -449,6 +449,9 @@ HEDGES = [
     ("The answer is 7 R 2.", "7", False, None),
     ("The answer is 7 remainder 2.", "2", False, None),
     ("The answer is 6 or more.", "6", True, "6"),
+    ("The answer is 6, or 6.0.", "6", True, "6"),  # the same value twice is not a hedge
+    ("The answer is 1,200 (or 1200).", "1200", True, "1,200 (or 1200)"),
+    ("The answer is 6, or 6.5.", "6", False, "6, or 6.5"),  # two values: a two-part answer, not 6
     ("The answer is \\boxed{6}. Or, checking again: \\boxed{6}.", "6", True, "6"),
     ("First \\boxed{5}, then adding 1 gives \\boxed{6}.", "6", True, "6"),
 ]
