@@ -227,7 +227,8 @@ _TENS = {
 _SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
 # Words after a number word that make it part of a phrase, not a value: "one of them", "one more than".
 _NOT_A_VALUE_AFTER = frozenset(
-    {"of", "more", "less", "fewer", "than", "or", "times", "half", "third", "quarter"}
+    {"of", "more", "less", "fewer", "than", "or", "to", "and", "times", "plus", "minus", "by", "over", "divided"}
+    | {"half", "halves", "third", "thirds", "quarter", "quarters", "percent"}
 )
 
 
@@ -258,7 +259,9 @@ def number_words(s: str) -> str | None:
     rest = words[used:]
     if rest and rest[-1] in {".", "!"}:
         rest = rest[:-1]
-    if len(rest) > 3 or any(not w.isalpha() or w in _NOT_A_VALUE_AFTER for w in rest):
+    if len(rest) > 3 or any(
+        not w.isalpha() or w in _NOT_A_VALUE_AFTER or w in _UNITS or w in _TENS or w in _SCALES for w in rest
+    ):
         return None
     return str(total + current)
 

@@ -464,6 +464,8 @@ NUMBER_WORDS = [
     ("The answer is seven.", "8", False, "7"),
     ("The answer is one of the two numbers, 4.", "1", False, "one of the two numbers, 4"),
     ("The answer is three times 4, which is 12.", "3", False, "12"),
+    ("The answer is ten to twelve.", "10", False, None),  # a range in words is no single number
+    ("The answer is ten percent.", "10", False, None),  # left to the other rules, not read as 10
 ]
 NEW_CASES += SHORT_SENTENCES + TIMES_AND_RATIOS + CHOICES + MIXED_AND_CURRENCY + LATEX_NUMBERS
 # Written forms of one value: an escaped dollar inside $...$ (it was read as the span's end), a sign before a
