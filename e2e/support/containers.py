@@ -106,6 +106,9 @@ class LaunchSpec:
     ports: dict[int, int] = field(default_factory=dict)
     # Run after the process is killed: a container runtime's client can die and leave its container running.
     stop_argv: list[str] | None = None
+    # Prints "true" once the container runs: a runtime's client (`podman run`) is up before its container is, and
+    # a kubelet reports a container running only once the runtime started it.
+    running_argv: list[str] | None = None
 
 
 def _decode(data: dict[str, str] | None) -> dict[str, bytes]:

@@ -11,8 +11,9 @@ which is the kubelet's job.
 
 Images: a container whose image is one of `container_images` (the project's images, built by
 scripts/images.sh) runs from that image with podman (podman.py); any other runs as a host process, the host's
-Python environment standing in for its image. Deliberately not implemented: probes (containers are
-Ready once started), init containers, resource enforcement, networking beyond 127.0.0.1. The kubelet uses the
+Python environment standing in for its image; a podman container is reported running once podman runs it,
+not when `podman run` starts. Deliberately not implemented: probes (containers are Ready once running), init
+containers, resource enforcement, networking beyond 127.0.0.1. The kubelet uses the
 admin kubeconfig; a real one has node credentials.
 """
 
@@ -176,9 +177,23 @@ class PodWorker(threading.Thread):
                                           "startedAt": now(), "finishedAt": now()}}
                 self._after_exit(c, 128)
                 return
+        if launch.running_argv:
+            self._wait_running(c)
         c.state = {"running": {"startedAt": now()}}
         for pod_port, local in launch.ports.items():
             self.kubelet.record_port(self.namespace, self.pod_name, c.spec["name"], pod_port, local)
+
+    def _wait_running(self, c: ContainerRun, timeout: float = 120.0) -> None:
+        """Until the runtime runs the container (or its client exited, or the pod is being deleted): the container
+        stays ContainerCreating meanwhile, so Ready means what it means on a real node."""
+        launch = c.launch
+        assert launch is not None and launch.running_argv and c.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and c.proc.poll() is None and not self._stop_requested.is_set():
+            probe = subprocess.run(launch.running_argv, env=launch.env, capture_output=True, text=True, check=False)
+            if probe.returncode == 0 and probe.stdout.strip() == "true":
+                return
+            time.sleep(self.kubelet.config.poll_seconds)
 
     def _after_exit(self, c: ContainerRun, rc: int) -> None:
         policy = self.pod["spec"].get("restartPolicy", "Always")

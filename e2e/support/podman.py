@@ -97,4 +97,5 @@ class PodmanLaunch:
         cwd.mkdir(parents=True, exist_ok=True)
         host_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(podman_env() or {})}
         return LaunchSpec(name, [*run, image, *argv], host_env, cwd, self.sandbox.root / "logs" / f"{name}.log",
-                          ports, stop_argv=["podman", "rm", "--force", "--time", "0", "--ignore", cname])
+                          ports, stop_argv=["podman", "rm", "--force", "--time", "0", "--ignore", cname],
+                          running_argv=["podman", "container", "inspect", "--format", "{{.State.Running}}", cname])
