@@ -157,9 +157,8 @@ _CLOCK_RE = re.compile(rf"^({CLOCK})\s*(?:[AaPp]\.?\s?[Mm]\.?)?\s*[.!]?$")
 
 
 # A value, then another offered in its place: "6, or maybe 7", "6 (or 7)", "6 or perhaps 7 apples", a range
-# "6 to 7". Not one
-# answer (a hedge: grading either value correct would reward hedging). "5 or 6" alone is a two-part answer
-# (policy 6) and "6 or more" offers no second value.
+# "6 to 7". Not one answer (a hedge: grading either value correct would reward hedging). "5 or 6" alone is a
+# two-part answer (policy 6) and "6 or more" offers no second value.
 _ALTERNATIVE_RE = re.compile(
     rf"^({NUMBER})\s*(?:,\s*|\(\s*)?(?:or|maybe|perhaps|possibly|to)\b(?:\s+(?:maybe|perhaps|possibly))?"
     rf"\s*\$?\s*({NUMBER})",
@@ -167,26 +166,29 @@ _ALTERNATIVE_RE = re.compile(
 )
 
 
-def _one_value(parts: list[str]) -> str | None:
-    """The value of parts that all restate one number ("6, or 6.0"), else None."""
-    if not all(SIMPLE_VALUE_RE.match(p) and "/" not in p for p in parts):
+def _plain_value(s: str) -> Decimal | None:
+    """The value of a plain number ("1,200", "6.0", "-3"), else None. (match.py's `_as_decimal` reads more forms,
+    percentages and e-notation among them; a restatement here must be the same plain number.)"""
+    if not SIMPLE_VALUE_RE.match(s) or "/" in s:
         return None
     try:
-        values = {Decimal(p.replace(",", "")) for p in parts}
+        return Decimal(s.replace(",", ""))
     except InvalidOperation:
         return None
-    return parts[0] if len(values) == 1 else None
+
+
+def _one_value(parts: list[str]) -> str | None:
+    """The value of parts that all restate one number ("6, or 6.0"), else None."""
+    values = [_plain_value(p) for p in parts]
+    return parts[0] if None not in values and len(set(values)) == 1 else None
 
 
 def _two_values(s: str) -> bool:
     """`s` offers a second, different value in place of the first ("6, or maybe 7"; not "6, or 6.0")."""
     m = _ALTERNATIVE_RE.match(s)
-    if m is None:
-        return False
-    try:
-        return Decimal(m.group(1).replace(",", "")) != Decimal(m.group(2).replace(",", ""))
-    except InvalidOperation:
-        return True
+    return m is not None and _plain_value(m.group(1)) != _plain_value(m.group(2))
+
+
 # A quotient with its remainder ("7 R 2", "7 remainder 2"): not the value 7.
 # What `finalize` returns for both: a statement that gives no single answer. It still ends the search for an
 # answer (the text's last number is not read instead), unlike None (no answer statement here at all).
@@ -300,9 +302,7 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
         same = _one_value(parts)
         return same if same is not None else s  # "3, 5", "x = 1 or x = -2": a multi-part answer, compared as a set
     if _two_values(s) or _REMAINDER_RE.match(s):
-        return (
-            NO_SINGLE_ANSWER  # "6, or maybe 7": a hedge between two values; "7 R 2": a quotient and remainder
-        )
+        return NO_SINGLE_ANSWER  # "6, or maybe 7": a hedge between two values; "7 R 2": quotient and remainder
     if re.match(r"[A-Za-z]", s) and not math_ctx:
         both = _WORDS_THEN_DIGITS_RE.fullmatch(s)
         if both and number_words(both.group(1)) == both.group(2).replace(",", ""):

@@ -85,6 +85,11 @@ def _valid(cand: str | None) -> bool:
     return bool(re.fullmatch(r"[A-Za-z]|[-+]?[A-Za-z0-9]{1,3}[!^*/+()_'][\w!^*/+()'-]{0,16}", cand))
 
 
+def _states(cand: str | None) -> bool:
+    """A statement's candidate counts: an answer, or NO_SINGLE_ANSWER (a hedge, which ends the search too)."""
+    return cand == NO_SINGLE_ANSWER or _valid(cand)
+
+
 def _last(matches: Iterator[re.Match[str]]) -> list[re.Match[str]]:
     """The last few matches: only the last statements can decide the answer (keeps long texts fast)."""
     return list(deque(matches, maxlen=LAST_MARKERS))
@@ -111,7 +116,7 @@ def _phrase_statements(text: str) -> list[Statement]:
     out: list[Statement] = []
     for m in _last(ANSWER_PHRASE_RE.finditer(text)):
         cand, end = _candidate_after(text, m.end())
-        if _valid(cand) or cand == NO_SINGLE_ANSWER:
+        if _states(cand):
             out.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
     for m in _last(REVERSE_ANSWER_RE.finditer(text)):
         cand = finalize(m.group(1))
@@ -132,7 +137,7 @@ def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
     bare = sentence.strip()
     if len(bare) <= BARE_MAX_CHARS and re.match(r"^(?:\$|\\\(|[-+]?\d|[A-Za-z]\s*=)", bare):
         direct = finalize(bare)
-        if _valid(direct) or direct == NO_SINGLE_ANSWER:
+        if _states(direct):
             return direct, pos + stop  # type: ignore[return-value]  # "So, 13." / "Therefore, x = 5"
     verb = CONCLUSION_VERB_RE.search(sentence)
     if verb is None:
@@ -142,7 +147,7 @@ def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
     if m is None or re.search(r"\b(?:need|needs|to)\s*$", sentence[: verb.start()]):
         return None
     cand = finalize(after[m.start() :])
-    if not (_valid(cand) or cand == NO_SINGLE_ANSWER):
+    if not _states(cand):
         return None
     return cand, pos + stop  # type: ignore[return-value]
 
@@ -153,7 +158,7 @@ def _value_statement(text: str) -> Statement | None:
     found: list[Statement] = []
     for m in _last(VALUE_STATEMENT_RE.finditer(text)):
         cand, end = _candidate_after(text, m.end())
-        if _valid(cand) or cand == NO_SINGLE_ANSWER:
+        if _states(cand):
             found.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
     for m in _last(CONCLUSION_START_RE.finditer(text)):
         st = _conclusion(text, m.end())
