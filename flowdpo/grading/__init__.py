@@ -10,7 +10,8 @@ Policy: which answer a text gives
    * *strong* markers: `\\boxed{X}` / `\\fbox{X}` and `#### X`;
    * *answer phrases*: the word "answer" in a marker form ("the answer is X", "Answer: X", "the answer to
      this problem is X", "the final answer is X", "X is the answer"), "the final result / total / value
-     is X" and "Final: X";
+     is X" and "Final: X"; X is a math answer or one word of a closed categorical class ("yes", "even",
+     "Monday"), never another prose word ("the answer is correct" states nothing);
    * *value statements*: "the sum / total / result / product / difference / value / cost / ... is X",
      "... equals X", "... is equal to X", and conclusion sentences that start with So / Therefore /
      Thus / Hence / In total / Altogether / In conclusion / Finally and assert a value ("So, 13.",
@@ -46,6 +47,8 @@ Policy: which answer a text gives
    and value notations: powers (`2^10`, `10^{6}`), scientific notation (`1.5 \\times 10^3`), factorials
    in math context (`\\boxed{5!}` is 120; a prose "The answer is 5!" is an exclamation). Unevaluated
    arithmetic ("12 + 1", `\\boxed{12 + 1}`) is NOT an answer (math-verify would evaluate it to 13).
+   LaTeX spacing (`\\,`, `\\;`, `\\!`, `~`) is layout and is dropped (`\\boxed{12\\,\\%}` is 12%); a
+   closed box's single letter is a variable (`\\boxed{a}`), in prose "a" is the article.
    An answer in words is the number it names ("The answer is twenty-one." gives 21; "one of them" is no
    number). A statement that offers a second value in place of the first gives NO answer, and the text's
    last number is not read instead: a hedge ("6, or maybe 7", "6 (or 7)", "6 to 7", "\\boxed{5} or

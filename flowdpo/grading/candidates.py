@@ -43,6 +43,8 @@ def strip_wrappers(s: str) -> str:
     must not take a round per wrapper (quadratic: 15 s for 20,000)."""
     for _ in range(_MAX_WRAPPER_LAYERS):
         prev = s
+        s = _LATEX_THOUSANDS_RE.sub("", s)  # "1\,000", "1{,}000": one number
+        s = _LATEX_SPACE_RE.sub(lambda m: "" if m.group(0) == "\\!" else " ", s)  # "12\,\%", "5~\text{cm}"
         s = s.strip()
         s = re.sub(r"^(?:\*\*|__|`|\$|\\\(|\\\[)+", "", s)
         s = re.sub(r"(?:\*\*|__|`|\$|\\\)|\\\])+$", "", s)
@@ -53,18 +55,24 @@ def strip_wrappers(s: str) -> str:
         s = _VALUE_IN_TEXT_RE.sub(r"\1", s)  # "\mathbf{12}", "\text{5 apples}": the value inside
         if s == prev:
             break
-    return _LATEX_THOUSANDS_RE.sub("", s)  # "1\,000", "1{,}000": one number
+    return s
 
 
 _MAX_WRAPPER_LAYERS = 16
 # A LaTeX thousands separator between digit groups: thin space, space, or a braced comma.
 _LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\,|\\ |\\;|\{,\})(?=\d{3}(?!\d))")
+# LaTeX spacing elsewhere is only layout: thin / medium / thick / negative space, a control space, a tie.
+# (\quad and \qquad stay: they separate the parts of a multi-part answer.)
+_LATEX_SPACE_RE = re.compile(r"\\[,:;!>]|\\ |~")
 _VALUE_IN_TEXT_RE = re.compile(r"^\\(?:text|textbf|textrm|mathbf|mathrm|boldsymbol|mbox)\{([-+]?\d[^{}]*)\}$")
 
 
-def is_unfinished(text: str, strict: bool = False) -> bool:
+def is_unfinished(text: str, strict: bool = False, clause: bool = True) -> bool:
     """True when the text ends mid-expression ("12 + 1 =", "so 12 +", "The answer is:", "13,") or
     mid-clause ("..., which is", "we get", "the sum of").
+
+    `clause=False` (math, such as a closed box's content): only mid-expression counts; "a" is a variable
+    there, not the article.
 
     `strict` (whole texts, not candidates): also a text that stops mid-sentence, with no final
     punctuation after a word that is not the unit of a number ("... multiplying the numerator" is cut
@@ -76,7 +84,7 @@ def is_unfinished(text: str, strict: bool = False) -> bool:
         return True
     if UNFINISHED_END_RE.search(t):
         return True
-    if t[-1].isalpha() or t[-1] == "'":
+    if clause and (t[-1].isalpha() or t[-1] == "'"):
         m = LAST_WORD_RE.search(t)
         if m and m.group(1).lower() in CONNECTIVES:
             return True
@@ -325,7 +333,7 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
         lead = _leading_number(s, math_ctx)
         if lead is not None and not SIMPLE_VALUE_RE.match(s):
             return lead
-    if not s or is_unfinished(s):
+    if not s or is_unfinished(s, clause=not math_ctx):
         return None
     if s.endswith("!") and not math_ctx and not FACTORIAL_RE.match(s.replace(" ", "")):
         s = s.rstrip("!").strip()

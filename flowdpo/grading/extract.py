@@ -22,6 +22,7 @@ from flowdpo.grading.rules import (
     BARE_MAX_CHARS,
     BARE_MAX_WORDS,
     CALCULATOR_RE,
+    CATEGORY_WORDS,
     COMPUTATION_RE,
     CONCLUSION_START_RE,
     CONCLUSION_VERB_RE,
@@ -76,11 +77,12 @@ def _candidate_after(text: str, pos: int) -> tuple[str | None, int]:
 
 
 def _valid(cand: str | None) -> bool:
-    """A candidate that looks like a math answer: a digit, LaTeX, a list, or a short symbolic answer
-    ("n", "n!", "2n"); a prose word ("the answer is correct") is not one."""
+    """A candidate that looks like a math answer: a digit, LaTeX, a list, a short symbolic answer ("n", "n!",
+    "2n") or a one-word categorical answer ("yes", "even", "Monday"); a prose word ("the answer is correct")
+    is not one."""
     if cand is None:
         return False
-    if re.search(r"[\d\\]", cand) or split_parts(cand):
+    if re.search(r"[\d\\]", cand) or split_parts(cand) or cand.lower() in CATEGORY_WORDS:
         return True
     return bool(re.fullmatch(r"[A-Za-z]|[-+]?[A-Za-z0-9]{1,3}[!^*/+()_'][\w!^*/+()'-]{0,16}", cand))
 

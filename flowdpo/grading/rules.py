@@ -46,6 +46,15 @@ CLOCK = r"\d{1,2}:\d{2}(?::\d{2})?"  # a time of day: 3:45, 10:05:30
 CLOCK_RE = re.compile(rf"^{CLOCK}$")
 FACTORIAL_RE = re.compile(r"^[-+]?\d+\s*!$")
 
+# Answers in one word that an answer phrase may state ("The answer is yes.", "The answer is even."):
+# a closed class, so that prose ("the answer is correct", "the answer is simple") stays no answer.
+_CATEGORY_WORDS = """
+yes no true false even odd neither both none positive negative undefined infinite infinity
+monday tuesday wednesday thursday friday saturday sunday january february march april may june july
+august september october november december
+"""
+CATEGORY_WORDS = frozenset(_CATEGORY_WORDS.split())
+
 # Closed-class words a finished clause does not end with ("..., which is", "we get", "the sum of").
 _CONNECTIVE_WORDS = """
 a an the this that these those its our their his her my your of to from by with for in on at as than

@@ -484,6 +484,31 @@ WRITTEN_FORMS = [
     ("The answer is eight (9).", "9", False, "eight (9)"),
 ]
 NEW_CASES += HEDGES + NUMBER_WORDS + WRITTEN_FORMS
+# LaTeX spacing (thin, medium, thick, negative space, control space, tie) is layout, not part of the value.
+LATEX_SPACING = [
+    ("\\boxed{12\\,\\%}", "12", True, "12 \\%"),
+    ("\\boxed{5\\;\\text{cm}}", "5", True, "5"),
+    ("\\boxed{5~\\text{cm}}", "5", True, "5"),
+    ("\\boxed{5\\ \\text{cm}}", "6", False, "5"),
+    ("\\boxed{5\\!}", "5", True, "5"),
+    ("The answer is $5\\,\\text{cm}$.", "5", True, "5"),
+    ("\\boxed{1\\,000\\,000}", "1000000", True, "1000000"),
+]
+# One-word categorical answers: a closed class after an answer phrase; other prose words stay no answer. Inside
+# a closed box a single letter is a variable, not the article.
+CATEGORICAL = [
+    ("The answer is yes.", "Yes", True, "yes"),
+    ("The answer is no.", "yes", False, "no"),
+    ("The answer is even.", "\\text{even}", True, "even"),
+    ("So the answer is Sunday", "\\text{Sunday}", True, "Sunday"),
+    ("The answer is Monday.", "\\text{Tuesday}", False, "Monday"),
+    ("The answer is correct. So 5.", "5", True, "5"),
+    ("The answer is simple: 2 + 3 = 5.", "5", True, "5"),
+    ("\\boxed{a}", "a", True, "a"),
+    ("\\boxed{a}", "b", False, "a"),
+    ("$\\boxed{a+b}$", "b+a", True, "a+b"),
+]
+NEW_CASES += LATEX_SPACING + CATEGORICAL
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
