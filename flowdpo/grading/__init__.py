@@ -43,8 +43,9 @@ Policy: which answer a text gives
    counts ("The answer is 9. Check: 13 - 4 is" gives 9), unless the cut-off tail holds a correction cue
    or is itself a statement being written ("The answer is \\boxed{13" has none).
 5. **What a candidate is.** math-verify is only ever given an extracted candidate, never a line. The
-   candidate keeps the value after the last "=" ("x = 5" gives 5), the leading number of "13 apples",
-   and value notations: powers (`2^10`, `10^{6}`), scientific notation (`1.5 \\times 10^3`), factorials
+   candidate keeps the value after the last "=" ("x = 5" gives 5), the leading number of "13 apples"
+   (and of "18km" in prose, a unit abbreviation against its number; in math `5m` stays 5m),
+   and value notations: powers (`2^10`, `10^{6}`), scientific notation (`1.5 \\times 10^3`, "1.5 x 10^3"), factorials
    in math context (`\\boxed{5!}` is 120; a prose "The answer is 5!" is an exclamation). Unevaluated
    arithmetic ("12 + 1", `\\boxed{12 + 1}`) is NOT an answer (math-verify would evaluate it to 13).
    LaTeX spacing (`\\,`, `\\;`, `\\!`, `~`) is layout and is dropped (`\\boxed{12\\,\\%}` is 12%); a

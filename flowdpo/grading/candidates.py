@@ -134,7 +134,17 @@ def _leading_number(s: str, math_ctx: bool) -> str | None:
     # (not "3:45" / "2:3": a time or a ratio is one value)
     if re.match(r"^(?:\s*$|\s+[A-Za-z]|\s*(?:[%,;?)\]]|:(?!\d))|\s*\\(?:text|mbox|mathrm|,|;|quad)\b)", rest):
         return m.group(0).strip()
+    if not math_ctx and _GLUED_UNIT_RE.match(rest):
+        return m.group(0).strip()  # "18km", "5cm": a unit written against the number (in math, "5m" is 5m)
     return None
+
+
+# A unit abbreviation written against its number in prose ("18km", "2.5kg", "3hrs", "60mph", "12m^2").
+_GLUED_UNIT_RE = re.compile(
+    r"^(?:km|cm|mm|m|kg|mg|g|lbs?|oz|ft|yds?|mi|in|hrs?|h|mins?|secs?|s|ml|mL|l|L|mph|kph|km/h|m/s)"
+    r"(?:\^\{?[23]\}?|[²³])?(?![A-Za-z0-9^_])"  # "12m^2", "8cm³"
+)
+_SCI_TIMES_X_RE = re.compile(r"(\d)\s*[xX]\s*10\s*\^")
 
 
 def _last_top_level_eq(s: str) -> int:
@@ -293,6 +303,7 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     remark = _WORD_REMARK_RE.search(s)
     if remark and re.search(r"[\d\\]", s[: remark.start()]):
         s = s[: remark.start()]  # "7 (seven)", "12 (in total)": a remark in words after the value
+    s = _SCI_TIMES_X_RE.sub(r"\1 \\times 10^", s)  # "1.8 x 10^3": scientific notation with a letter x
     s = _CURRENCY_RE.sub("", s)  # "USD 12", "Rs. 40", "€5"
     s = _SIGNED_CURRENCY_RE.sub(r"\1", s)  # "-$5" -> -5
     mixed = _MIXED_RE.match(s)

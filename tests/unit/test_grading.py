@@ -508,7 +508,19 @@ CATEGORICAL = [
     ("\\boxed{a}", "b", False, "a"),
     ("$\\boxed{a+b}$", "b+a", True, "a+b"),
 ]
-NEW_CASES += LATEX_SPACING + CATEGORICAL
+# A unit abbreviation written against its number in prose is the number's unit (in math, "5m" stays 5m); a
+# letter x between a mantissa and a power of ten is a times sign.
+GLUED_UNITS = [
+    ("The answer is 18km.", "18", True, "18"),
+    ("So she runs 2.5kg of rice.", "2.5", True, "2.5"),
+    ("The answer is 12m^2.", "12", True, "12"),
+    ("The answer is 3hrs", "4", False, "3"),
+    ("\\boxed{5m}", "5", False, "5m"),
+    ("The answer is 2x.", "2", False, "2x"),
+    ("The answer is 1.8 x 10^3", "1800", True, "1.8 \\times 10^3"),
+    ("The answer is 1.8 x 10^3", "180", False, "1.8 \\times 10^3"),
+]
+NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
