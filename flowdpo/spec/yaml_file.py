@@ -5,6 +5,8 @@
 - Aliases are resolved by reference, so a small file can describe a huge document ("billion laughs"); the
   expanded size is computed on the node graph first and a file over MAX_NODES is refused before anything is
   built from it.
+- A key given twice in one mapping is refused (PyYAML keeps the last silently, so a second `seed:` further down
+  would override the first without a word); kubectl's strict field validation refuses it too.
 - The file must be UTF-8.
 """
 
@@ -57,6 +59,31 @@ def expanded_size(node: yaml.Node, limit: int = MAX_NODES) -> int:
     return size(node)
 
 
+def duplicate_key(node: yaml.Node) -> str | None:
+    """'KEY (lines A and B)' for the first mapping key given twice in the document, else None.
+
+    Visits each node once (aliases share nodes), so it is linear in the file, not in its expansion."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for k, v in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    line = k.start_mark.line + 1
+                    if k.value in lines:
+                        return f"{k.value!r} (lines {lines[k.value]} and {line})"
+                    lines[k.value] = line
+                stack.extend((k, v))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return None
+
+
 def load_run_yaml(data: bytes, source: str):
     """The Python value of a run file's bytes; RunFileError with a message naming `source` otherwise."""
     try:
@@ -74,6 +101,9 @@ def load_run_yaml(data: bytes, source: str):
                     f"{source}: the document expands to more than {MAX_NODES:,} YAML nodes through its aliases "
                     "(&anchor / *alias); write the values out"
                 )
+            twice = duplicate_key(node)
+            if twice is not None:
+                raise RunFileError(f"{source}: the key {twice} is given twice in one mapping; keep one")
             return loader.construct_document(node)
         finally:
             loader.dispose()

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from flowdpo.spec import load_document, quickstart_path
+from flowdpo.spec.yaml_file import RunFileError, load_run_yaml
 from flowdpo.storage import RunLayout, open_store
 from flowdpo_operator.validation import validate
 
@@ -99,6 +100,24 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path):
     bomb = "\n".join(lines) + "\n" + doc
     proc = cli("validate", str(run_file(tmp_path, raw=bomb.encode())))
     refused(proc, "aliases")
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: a second `seed:` would silently win."""
+    text = yaml.safe_dump(QUICKSTART, sort_keys=False)
+    assert "\n  seed: 0\n" in text
+    twice = text.replace("\n  seed: 0\n", "\n  seed: 0\n  seed: 7\n", 1)
+    proc = cli("validate", str(run_file(tmp_path, raw=twice.encode())))
+    first = twice.splitlines().index("  seed: 0") + 1
+    refused(proc, "'seed'", f"lines {first} and {first + 1}", "given twice in one mapping")
+    # the same key in two mappings (spec.seed, spec.data.seed) is fine; so is a merge key (<<) next to a key it
+    # brings in, and an alias read twice
+    merged = b"a: &a {seed: 1, x: [1]}\nb:\n  <<: *a\n  seed: 2\nc: *a\nd: *a\n"
+    assert load_run_yaml(merged, "m.yaml") == {
+        "a": {"seed": 1, "x": [1]}, "b": {"seed": 2, "x": [1]}, "c": {"seed": 1, "x": [1]}, "d": {"seed": 1, "x": [1]}
+    }
+    with pytest.raises(RunFileError, match=r"'x' \(lines 2 and 3\)"):
+        load_run_yaml(b"a:\n  x: 1\n  x: 2\n", "m.yaml")
 
 
 def test_non_utf8_run_file_is_refused(tmp_path):
