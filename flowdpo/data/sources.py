@@ -16,7 +16,8 @@ A .json file may also hold one JSON array of rows, or one object whose values ar
 Local folders: every *.jsonl / *.parquet below them; when file or folder names carry split names
 (train.jsonl, test-00000.parquet, test/...), only the requested split's files are read.
 
-Rows that cannot be used (missing/non-string/empty field, no final answer, malformed JSON line) are
+A numeric answer field (`"answer": 42`) is the final answer itself, in every schema. A UTF-8 byte-order mark is
+ignored. Rows that cannot be used (missing/non-string/empty field, no final answer, malformed JSON line) are
 skipped and counted in the LoadReport. Ids keep the row's position in the source ("gsm8k-train-000123")
 so they are stable however many rows were skipped; rows are then shuffled with `data.seed` (MetaMathQA
 is ordered by augmentation type, MATH by subject, so a prefix would be a biased sample).
@@ -25,6 +26,7 @@ is ordered by augmentation type, MATH by subject, so a prefix would be a biased 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowdpo.data.answers import clean_gsm8k_solution, gsm8k_final, math_final, metamath_final
-from flowdpo.data.types import Example, LoadReport
+from flowdpo.data.types import Example, LoadReport, Skip
 
 if TYPE_CHECKING:
     from flowdpo.spec import DataSpec
@@ -184,17 +186,17 @@ NON_FINITE = frozenset({"nan", "inf", "infinity", "\\infty", "∞"})
 
 
 def _jsonl_rows(f: Path) -> Iterator[dict[str, Any] | str]:
-    raw = f.read_bytes()
+    raw = f.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (editors on Windows write one)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:  # one bad line must not reject the file: read it line by line, skipping those
-        for line in raw.split(b"\n"):
+        for i, line in enumerate(raw.split(b"\n"), 1):
             try:
                 decoded = line.decode("utf-8")
             except UnicodeDecodeError:
-                yield "line is not UTF-8 text"
+                yield Skip("line is not UTF-8 text", f"{f.name}:{i}")
                 continue
-            yield from _json_line_rows(decoded)
+            yield from _json_line_rows(decoded, f"{f.name}:{i}")
         return
     if f.name.endswith(".json") and text.lstrip().startswith("{"):
         try:
@@ -208,30 +210,31 @@ def _jsonl_rows(f: Path) -> Iterator[dict[str, Any] | str]:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError:
-            yield "malformed JSON file"
+            yield Skip("malformed JSON file", f.name)
             return
         if not isinstance(rows, list):
-            yield "malformed JSON file"
+            yield Skip("malformed JSON file", f.name)
             return
-        for row in rows:
-            yield row if isinstance(row, dict) else "row is not a JSON object"
+        for i, row in enumerate(rows):
+            yield row if isinstance(row, dict) else Skip("row is not a JSON object", f"{f.name}[{i}]")
         return
-    for line in text.splitlines():
-        yield from _json_line_rows(line)
+    for i, line in enumerate(text.split("\n"), 1):  # "\n" only: a JSON string may hold other line breaks
+        yield from _json_line_rows(line, f"{f.name}:{i}")
 
 
-def _json_line_rows(line: str) -> Iterator[dict[str, Any] | str]:
+def _json_line_rows(line: str, where: str) -> Iterator[dict[str, Any] | str]:
+    line = line.removeprefix("\ufeff")  # a byte-order mark where files were concatenated
     if not line.strip():
         return
     if len(line) > MAX_ROW_CHARS:
-        yield f"row longer than {MAX_ROW_CHARS:,} characters"
+        yield Skip(f"row longer than {MAX_ROW_CHARS:,} characters", where)
         return
     try:
         row = json.loads(line)
-    except (json.JSONDecodeError, RecursionError):
-        yield "malformed JSON line"
+    except (ValueError, RecursionError):  # JSONDecodeError, and an integer over Python's digit limit
+        yield Skip("malformed JSON line", where)
         return
-    yield row if isinstance(row, dict) else "row is not a JSON object"
+    yield row if isinstance(row, dict) else Skip("row is not a JSON object", where)
 
 
 def _parquet_rows(f: Path) -> Iterator[dict[str, Any] | str]:
@@ -275,6 +278,14 @@ def _detect_schema(rows: list[dict[str, Any] | str], where: str) -> Schema:
     for schema in SCHEMAS.values():
         if {schema.question_field, schema.answer_field} <= keys:
             return schema
+    if not keys:
+        bad = LoadReport()
+        for row in rows:
+            if isinstance(row, str):
+                bad.skip(row, where=getattr(row, "where", None))
+        if not bad.skipped:
+            raise ValueError(f"{where}: no rows (the file or folder holds no JSON object / parquet row)")
+        raise ValueError(f"{where}: no readable rows ({bad.reasons()}); expected one JSON object per line")
     raise ValueError(
         f"{where}: cannot detect the schema from columns {sorted(keys)}; expected question/answer "
         "(GSM8K), problem/solution (MATH) or query/response (MetaMathQA), or set data.questionField "
@@ -305,8 +316,11 @@ def _to_example(
         if f not in row or row[f] is None:
             return f"missing field {f!r}"
     question, answer = row[qf], row[af]
-    if isinstance(answer, (int, float)) and not isinstance(answer, bool) and final is generic_final:
-        answer = str(answer)  # generic files may store bare numeric answers
+    numeric = isinstance(answer, (int, float)) and not isinstance(answer, bool)
+    if numeric:
+        if not math.isfinite(answer):
+            return "non-finite gold answer"
+        answer = str(answer)  # a bare numeric answer column is the final answer itself (no worked solution)
     for f, v in ((qf, question), (af, answer)):
         if not isinstance(v, str):
             return f"non-string field {f!r}"
@@ -314,14 +328,14 @@ def _to_example(
             return f"empty field {f!r}"
     if len(question) > MAX_QUESTION_CHARS:
         return f"question longer than {MAX_QUESTION_CHARS:,} characters"
-    gold = final(answer)
+    gold = answer if numeric else final(answer)
     if not gold:
         return no_answer
     if len(gold) > MAX_GOLD_CHARS:
         return f"gold answer longer than {MAX_GOLD_CHARS} characters"
     if gold.strip().lower().lstrip("+-") in NON_FINITE:
         return "non-finite gold answer"
-    return Example(ex_id, question.strip(), gold, source, solution(answer))
+    return Example(ex_id, question.strip(), gold, source, None if numeric else solution(answer))
 
 
 def load_source_examples(
@@ -368,11 +382,12 @@ def load_source_examples(
     good: list[Example] = []
     for idx, row in enumerate(rows):
         if isinstance(row, str):
-            report.skip(row)
+            report.skip(row, where=getattr(row, "where", None))
             continue
-        got = _to_example(row, qf, af, final, solution, no_answer, f"{source}-{split}-{idx:06d}", source)
+        ex_id = f"{source}-{split}-{idx:06d}"
+        got = _to_example(row, qf, af, final, solution, no_answer, ex_id, source)
         if isinstance(got, str):
-            report.skip(got)
+            report.skip(got, where=f"row {idx + 1} ({ex_id})")
         else:
             good.append(got)
     random.Random(spec.seed).shuffle(good)

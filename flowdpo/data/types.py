@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 
 @dataclass(frozen=True)
@@ -43,15 +46,29 @@ class Example:
         )
 
 
+class Skip(str):
+    """A source row that cannot be used: the reason (the str) and where it is (`where`, "train.jsonl:7")."""
+
+    where: str | None
+
+    def __new__(cls, reason: str, where: str | None = None) -> Self:
+        self = super().__new__(cls, reason)
+        self.where = where
+        return self
+
+
 @dataclass
 class LoadReport:
     """What a loader kept and what it skipped, so bad rows are visible instead of silently dropped."""
 
     loaded: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    first: dict[str, str] = field(default_factory=dict)  # reason -> where it first happened ("train.jsonl:7")
 
-    def skip(self, reason: str, n: int = 1) -> None:
+    def skip(self, reason: str, n: int = 1, where: str | None = None) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
+        if where is not None:
+            self.first.setdefault(reason, where)
 
     @property
     def total_skipped(self) -> int:
@@ -60,5 +77,11 @@ class LoadReport:
     def summary(self) -> str:
         if not self.skipped:
             return f"loaded {self.loaded} examples, skipped none"
-        reasons = "; ".join(f"{n} x {r}" for r, n in Counter(self.skipped).most_common())
-        return f"loaded {self.loaded} examples, skipped {self.total_skipped} ({reasons})"
+        return f"loaded {self.loaded} examples, skipped {self.total_skipped} ({self.reasons()})"
+
+    def reasons(self) -> str:
+        """'3 x malformed JSON line, first at train.jsonl:7; 1 x ...', the most frequent first."""
+        return "; ".join(
+            f"{n} x {r}" + (f", first at {self.first[r]}" if r in self.first else "")
+            for r, n in Counter(self.skipped).most_common()
+        )

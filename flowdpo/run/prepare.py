@@ -81,7 +81,15 @@ def prepare(store: ObjectStore, doc: RunDocument) -> dict:
         raise DataError(f"data: {e}") from None
     if not examples:
         raise DataError(f"data: no usable examples ({report.summary()})")
-    log.info("prepared %s", report.summary())
+    if report.skipped or len(examples) < data.num_examples:
+        short = len(examples) < data.num_examples
+        log.warning(
+            "data: %s%s",
+            report.summary(),
+            f"; data.numExamples asks for {data.num_examples}, the source has only {len(examples)} usable" if short else "",
+        )
+    else:
+        log.info("prepared %s", report.summary())
     shards = [examples[i : i + data.shard_size] for i in range(0, len(examples), data.shard_size)]
     for i, shard in enumerate(shards):
         rows = [ex.to_json() for ex in shard]

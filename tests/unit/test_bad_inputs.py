@@ -137,6 +137,17 @@ def test_failed_prepare_leaves_no_spec_behind_and_the_corrected_file_runs(tmp_pa
     assert (folder / RunLayout.manifest).exists()
 
 
+def test_prepare_says_which_rows_it_skipped_and_what_is_missing(tmp_path):
+    rows = [json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) for i in range(12)]
+    rows.insert(3, '{"question": "cut off')
+    (tmp_path / "data.jsonl").write_text("\n".join(rows) + "\n")
+    proc = cli("prepare", str(run_file(tmp_path, {"data": {"source": "jsonl", "path": str(tmp_path / "data.jsonl")}})))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 x malformed JSON line, first at data.jsonl:4" in proc.stderr
+    assert "data.numExamples asks for 96, the source has only 12 usable" in proc.stderr
+    assert proc.stdout.startswith("12 examples in 2 shards")
+
+
 @pytest.mark.parametrize(
     ("key", "blob"),
     [

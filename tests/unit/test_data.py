@@ -106,6 +106,58 @@ def test_undetectable_schema(tmp_path: Path) -> None:
         load_examples(DataSpec(source="jsonl", path=str(f)))
 
 
+def _rows_file(tmp_path: Path, raw: bytes) -> DataSpec:
+    f = tmp_path / "rows.jsonl"
+    f.write_bytes(raw)
+    return DataSpec(source="jsonl", path=str(f), num_examples=10)
+
+
+def _row(i: int, answer: object = None) -> bytes:
+    return json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}" if answer is None else answer}).encode()
+
+
+def test_file_encodings_and_line_breaks_lose_no_row(tmp_path: Path) -> None:
+    """A byte-order mark, CRLF line ends and a raw U+2028 inside a JSON string are all one row per line."""
+    inner = json.dumps({"question": "Line one\u2028line two: what is 2 + 2?", "answer": "#### 4"}, ensure_ascii=False)
+    raw = b"\xef\xbb\xbf" + _row(1) + b"\r\n" + _row(2) + b"\r\n" + inner.encode() + b"\n"
+    examples, report = load_examples(_rows_file(tmp_path, raw))
+    assert report.skipped == {} and sorted(ex.answer for ex in examples) == ["2", "3", "4"]
+
+
+def test_numeric_answers_are_the_final_answer_in_every_schema(tmp_path: Path) -> None:
+    raw = b"\n".join([_row(1, 2), _row(2, 3.5), _row(3, True), b'{"question": "q", "answer": NaN}'])
+    examples, report = load_examples(_rows_file(tmp_path, raw))
+    assert sorted(ex.answer for ex in examples) == ["2", "3.5"]
+    assert all(ex.solution is None for ex in examples)
+    assert report.skipped == {"non-string field 'answer'": 1, "non-finite gold answer": 1}
+
+
+def test_skipped_rows_say_where_the_first_one_is(tmp_path: Path) -> None:
+    huge = b'{"question": "q", "answer": ' + b"1" * 5000 + b"}"  # over Python's integer digit limit
+    raw = b"\n".join([_row(1), b"{not json", _row(2, "no marker"), huge, b"", _row(3)])
+    examples, report = load_examples(_rows_file(tmp_path, raw))
+    assert len(examples) == 2
+    assert report.skipped == {"malformed JSON line": 2, "no final answer (#### N) in answer": 1}
+    assert report.first["malformed JSON line"] == "rows.jsonl:2"
+    assert report.first["no final answer (#### N) in answer"].startswith("row 3 (")
+    assert "2 x malformed JSON line, first at rows.jsonl:2" in report.summary()
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (b"", "no rows"),
+        (b"\n\n", "no rows"),
+        (b"not json\nat all\n", "2 x malformed JSON line, first at rows.jsonl:1"),
+        (b"[1, 2]\n", "1 x row is not a JSON object, first at rows.jsonl:1"),
+    ],
+)
+def test_a_file_without_rows_says_why(tmp_path: Path, raw: bytes, words: str) -> None:
+    with pytest.raises(ValueError) as e:
+        load_examples(_rows_file(tmp_path, raw))
+    assert words in str(e.value) and "columns []" not in str(e.value)
+
+
 def test_folder_with_splits_and_heldout(tmp_path: Path) -> None:
     lines = Path(GSM8K).read_text().splitlines()
     (tmp_path / "train.jsonl").write_text("\n".join(lines[:3]) + "\n")
