@@ -56,13 +56,15 @@ Policy: which answer a text gives
    \\boxed{6}") or a quotient with its remainder ("7 R 2"). Grading either value correct would reward
    hedging. "6 or more" and a multi-part answer ("5 or 6", policy 6) are not hedges.
 6. **Multi-part answers.** A candidate or gold whose top level (outside brackets) is a list joined by
-   ",", ";", "and", "or" (`3, 5`; `x=16 and x=81`; `x = 1 or x = -2`; `x=±1`, where ± gives both signs)
+   ",", ";", "and", "or" (`3, 5`; `x=16 and x=81`; `x = 1 or x = -2`; `x=±1`, where ± gives both signs;
+   `\\text{A, C}`, a list written as text)
    is compared part by part as a SET: same number of parts, each matched once; "x=" names must agree
    where both sides give them. A bracketed `(2, 3)` / `[-1, 1]` is one ordered object (tuple or
    interval) compared whole. A single-value gold never matches a multi-part prediction that merely
    contains it ("3, 5" is wrong for 5), nor the other way round.
 
-Comparison of two single values: plain numbers exactly as decimals (the common case); anything else by
+Comparison of two single values: a repeating decimal (`0.\\overline{3}`, "0.(3)") is first the exact fraction it
+names; plain numbers exactly as decimals (the common case); anything else by
 math-verify with the gold FIRST, `verify(parse(gold), parse(pred))`, both wrapped in `$...$`, and only
 when math-verify's parse consumed the WHOLE candidate (every digit, word and variable of it: a parse
 that reads `2^floor(n/2)` as 2 or "7 apples" as 7 gives no verdict); otherwise, or on any math-verify

@@ -427,12 +427,19 @@ def _is_arithmetic(p: str) -> bool:
 
 
 def _unwrap_set(s: str) -> str:
-    """`\\{1, -2\\}` / `{1, -2}` (a set written with braces) -> its content; other text unchanged."""
+    """`\\{1, -2\\}` / `{1, -2}` (a set written with braces) and `\\text{A, C}` (a list written as text) -> its
+    content; other text unchanged."""
     t = s.strip()
+    text = _TEXT_LIST_RE.fullmatch(t)
+    if text:
+        return text.group(1)
     for open_, close in (("\\{", "\\}"), ("\\left\\{", "\\right\\}")):
         if t.startswith(open_) and t.endswith(close):
             return t[len(open_) : -len(close)]
     return t
+
+
+_TEXT_LIST_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*[,;][^{}]*)\}")
 
 
 def split_parts(s: str) -> list[str] | None:

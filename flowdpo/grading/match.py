@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from flowdpo.grading.candidates import LHS_RE, expand_parts, finalize, split_parts, strip_wrappers
 from flowdpo.grading.rules import (
@@ -209,8 +210,25 @@ def _colon_match(gold: str, pred: str) -> bool | None:
     return gv[0] * pv[1] == pv[0] * gv[1]
 
 
+# A repeating decimal: "0.\\overline{3}", "1.2\\overline{36}", "0.(3)" (the digits in brackets repeat).
+_REPEATING_RE = re.compile(r"^([-+]?)(\d*)\.(\d*)(?:\\overline\{(\d{1,12})\}|\\dot\{(\d)\}|\((\d{1,12})\))$")
+
+
+def _repeating_as_fraction(s: str) -> str:
+    """A repeating decimal as the exact fraction it names ("0.\\overline{3}" -> "1/3"); anything else unchanged."""
+    m = _REPEATING_RE.match(strip_wrappers(s).replace(" ", ""))
+    if not m or len(m.group(3)) > 12:
+        return s
+    sign, whole, fixed = m.group(1), m.group(2) or "0", m.group(3)
+    cycle = m.group(4) or m.group(5) or m.group(6)
+    value = Fraction(int(whole + fixed + cycle) - int(whole + fixed), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+    value = -value if sign == "-" else value
+    return f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator)
+
+
 def _single_match(gold: str, pred: str) -> bool:
     gold, pred = _strip_lhs(gold), _strip_lhs(pred)
+    gold, pred = _repeating_as_fraction(gold), _repeating_as_fraction(pred)
     colon = _colon_match(gold, pred)
     if colon is not None:
         return colon

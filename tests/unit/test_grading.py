@@ -520,7 +520,20 @@ GLUED_UNITS = [
     ("The answer is 1.8 x 10^3", "1800", True, "1.8 \\times 10^3"),
     ("The answer is 1.8 x 10^3", "180", False, "1.8 \\times 10^3"),
 ]
-NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS
+# A repeating decimal is the exact fraction it names; a list written inside \\text{} is a list.
+REPEATING_AND_TEXT_LISTS = [
+    ("\\boxed{\\frac{1}{3}}", "0.\\overline{3}", True, "\\frac{1}{3}"),
+    ("\\boxed{0.\\overline{36}}", "\\frac{4}{11}", True, "0.\\overline{36}"),
+    ("\\boxed{1.2\\overline{36}}", "\\frac{68}{55}", True, "1.2\\overline{36}"),
+    ("The answer is 0.(3)", "\\frac13", True, "0.(3)"),
+    ("\\boxed{0.36}", "0.\\overline{36}", False, "0.36"),
+    ("\\boxed{0.333}", "0.\\overline{3}", False, "0.333"),
+    ("\\boxed{A, C}", "\\text{A, C}", True, "A, C"),
+    ("\\boxed{C, A}", "\\text{A, C}", True, "C, A"),
+    ("\\boxed{A, B}", "\\text{A, C}", False, "A, B"),
+    ("\\boxed{A}", "\\text{A, C}", False, "A"),
+]
+NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
