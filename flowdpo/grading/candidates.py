@@ -166,6 +166,10 @@ _MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Z
 _WORD_REMARK_RE = re.compile(
     r"\s+\((?:[A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}"  # "7 (seven)", "12 (in total)"
     r"|\s*\d[\d.,]*(?:\s*[-+*/×÷xX]\s*\d[\d.,]*){1,8}(?:\s*=\s*\d[\d.,]*)?)\s*\)\s*[.!]?$"  # "8 (10 - 2)"
+    # a remark in brackets that mixes words and numbers, "27 (3 bags of 9 marbles)", "27 [3 x 9]"; not a second
+    # value offered in place of the first ("6 (or 7)", "6 (maybe 7)": hedges, handled by the caller)
+    r"|\s+[(\[](?!\s*(?:or|maybe|perhaps|possibly|probably|approximately|about|around|to)\b)"
+    r"(?=[^()\[\]]*(?:[A-Za-z]{2}|\d\s*[-+*/×÷xX=]\s*\d))[^()\[\]]{1,80}[)\]]\s*[.!]?$"
 )
 # A sign before a currency sign: "-$5", "+€3".
 _SIGNED_CURRENCY_RE = re.compile(r"^([-+])\s*(?:\\?\$|€|£|¥|₹)\s*(?=\d)")
@@ -310,6 +314,9 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     if mixed and int(mixed.group(3)) < int(mixed.group(4)):  # "3 1/2" -> 7/2
         sign, whole, num, den = mixed.group(1), *map(int, mixed.group(2, 3, 4))
         return f"{sign}{whole * den + num}/{den}"
+    ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", s)
+    if ordinal:
+        return ordinal.group(1)  # "27th": the position is the number
     option = re.fullmatch(r"\(?([A-Z])\)?", s)
     if option:
         return option.group(1)  # a choice: "A", "(C)" (a capital letter alone is not the article "a")

@@ -533,7 +533,18 @@ REPEATING_AND_TEXT_LISTS = [
     ("\\boxed{A, B}", "\\text{A, C}", False, "A, B"),
     ("\\boxed{A}", "\\text{A, C}", False, "A"),
 ]
-NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS
+# A remark in brackets after the value that mixes words and numbers, or shows the computation, is not part of
+# the value; a bare second number in brackets or a hedge stays no single value. An ordinal is its number.
+REMARKS_AND_ORDINALS = [
+    ("The answer is 27 (3 bags of 9 marbles).", "27", True, "27"),
+    ("The answer is 27 [3 x 9].", "27", True, "27"),
+    ("The answer is 27 (3 bags of 9 marbles).", "9", False, "27"),
+    ("The answer is 6 (7).", "6", False, "6 (7)"),
+    ("The answer is 5 (maybe 6)", "5", False, None),
+    ("The answer is 27th.", "27", True, "27"),
+    ("The answer is 3rd.", "2", False, "3"),
+]
+NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS + REMARKS_AND_ORDINALS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
