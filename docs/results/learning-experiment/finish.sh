@@ -4,7 +4,7 @@
 # `flowdpo eval --stored-only` answers nothing again (it fails if a row's stored outcomes do not match the
 # current questions and settings) and adds only what the flowdpo of the run did not store: every held-out
 # partial answer's Stop P(yes), for the ROC curves. `flowdpo report` redraws both runs' reports; analyze.py
-# recomputes the pre-registered endpoints into results.json.
+# recomputes the pre-registered endpoints into results.json and results.md (PLAN.md's decision rule applied).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 here=docs/results/learning-experiment
