@@ -6,6 +6,9 @@ raises and stays fast (it runs for every rollout).
 
 Policy: which answer a text gives
 ---------------------------------
+0. **Notation.** Unicode math and answer markup are first written the way the rules below read them
+   (`flowdpo.grading.notation`): "5²" is 5^2, "3½" is 3 1/2, "2√3" is 2\\sqrt{3}, "π", "∞", "≤", full-width
+   digits, thin spaces, "<b>18</b>"; in texts and golds alike.
 1. **Answer statements.** A text states answers in three strengths:
    * *strong* markers: `\\boxed{X}` / `\\fbox{X}` and `#### X`;
    * *answer phrases*: the word "answer" in a marker form ("the answer is X", "Answer: X", "the answer to
@@ -50,11 +53,13 @@ Policy: which answer a text gives
    arithmetic ("12 + 1", `\\boxed{12 + 1}`) is NOT an answer (math-verify would evaluate it to 13).
    LaTeX spacing (`\\,`, `\\;`, `\\!`, `~`) is layout and is dropped (`\\boxed{12\\,\\%}` is 12%); a
    closed box's single letter is a variable (`\\boxed{a}`), in prose "a" is the article.
-   An answer in words is the number it names ("The answer is twenty-one." gives 21; "one of them" is no
-   number). A statement that offers a second value in place of the first gives NO answer, and the text's
+   An answer in words is the number it names ("The answer is twenty-one." gives 21, "negative five" -5; "one
+   of them" is no number); an ordinal ("27th") is its number; quotes around an answer are not part of it; a
+   lone number's bracketed remark of words or a computation ("27 (3 bags of 9)") is not part of it. A statement that offers a second value in place of the first gives NO answer, and the text's
    last number is not read instead: a hedge ("6, or maybe 7", "6 (or 7)", "6 to 7", "\\boxed{5} or
    \\boxed{6}") or a quotient with its remainder ("7 R 2"). Grading either value correct would reward
-   hedging. "6 or more" and a multi-part answer ("5 or 6", policy 6) are not hedges.
+   hedging. "6 or more" and a multi-part answer ("5 or 6", policy 6) are not hedges; one value in two
+   notations ("6, or 6.0", "0.5 or 1/2") is one answer.
 6. **Multi-part answers.** A candidate or gold whose top level (outside brackets) is a list joined by
    ",", ";", "and", "or" (`3, 5`; `x=16 and x=81`; `x = 1 or x = -2`; `x=±1`, where ± gives both signs;
    `\\text{A, C}`, a list written as text)

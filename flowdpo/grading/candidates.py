@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 from flowdpo.grading.rules import (
     ARITH_OP_RE,
@@ -16,6 +17,7 @@ from flowdpo.grading.rules import (
     MAX_ANSWER_CHARS,
     MINUS,
     NUMBER,
+    PLAIN_NUMBER_RE,
     POWER_RE,
     PURE_ARITHMETIC_RE,
     SCI_RE,
@@ -50,6 +52,7 @@ def strip_wrappers(s: str) -> str:
         s = re.sub(r"(?:\*\*|__|`|\$|\\\)|\\\])+$", "", s)
         s = s.rstrip(".,;?").strip()
         s = re.sub(r"(?<![\d}])!+$", "", s).strip()  # "13!" is handled by the caller (factorial or not)
+        s = _QUOTED_RE.sub(r"\1", s)  # "“18”", "'18'": an answer in quotes
         s = re.sub(r"^\\\$", "", s)  # a currency sign "\$18.90"
         s = re.sub(r"^\\(?:displaystyle|textstyle)\s*", "", s)
         s = _VALUE_IN_TEXT_RE.sub(r"\1", s)  # "\mathbf{12}", "\text{5 apples}": the value inside
@@ -59,6 +62,7 @@ def strip_wrappers(s: str) -> str:
 
 
 _MAX_WRAPPER_LAYERS = 16
+_QUOTED_RE = re.compile(r"^[\"“‘'](.+)[\"”’']$", re.DOTALL)
 # A LaTeX thousands separator between digit groups: thin space, space, or a braced comma.
 _LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\,|\\ |\\;|\{,\})(?=\d{3}(?!\d))")
 # LaTeX spacing elsewhere is only layout: thin / medium / thick / negative space, a control space, a tie.
@@ -166,10 +170,13 @@ _MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Z
 _WORD_REMARK_RE = re.compile(
     r"\s+\((?:[A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}"  # "7 (seven)", "12 (in total)"
     r"|\s*\d[\d.,]*(?:\s*[-+*/×÷xX]\s*\d[\d.,]*){1,8}(?:\s*=\s*\d[\d.,]*)?)\s*\)\s*[.!]?$"  # "8 (10 - 2)"
-    # a remark in brackets that mixes words and numbers, "27 (3 bags of 9 marbles)", "27 [3 x 9]"; not a second
-    # value offered in place of the first ("6 (or 7)", "6 (maybe 7)": hedges, handled by the caller)
-    r"|\s+[(\[](?!\s*(?:or|maybe|perhaps|possibly|probably|approximately|about|around|to)\b)"
-    r"(?=[^()\[\]]*(?:[A-Za-z]{2}|\d\s*[-+*/×÷xX=]\s*\d))[^()\[\]]{1,80}[)\]]\s*[.!]?$"
+)
+# A lone number (outside math) followed by a remark in brackets that mixes words and numbers or shows the
+# computation: "27 (3 bags of 9 marbles)", "27 [3 x 9]". Not a second value offered in place of the first
+# ("6 (or 7)", "6 (maybe 7)", "6 (7)": hedges, handled by the caller), not LaTeX ("(-\infty, 0) \cup (2, \infty)").
+_PROSE_REMARK_RE = re.compile(
+    r"^([-+]?[$€£]?\d[\d,]*(?:\.\d+)?)\s+[(\[](?!\s*(?:or|maybe|perhaps|possibly|probably|approximately|about|around|to)\b)"
+    r"(?=[^()\[\]]*(?:[A-Za-z]{2}|\d\s*[-+*/×÷xX=]\s*\d))[^()\[\]\\]{1,80}[)\]]\s*[.!]?$"
 )
 # A sign before a currency sign: "-$5", "+€3".
 _SIGNED_CURRENCY_RE = re.compile(r"^([-+])\s*(?:\\?\$|€|£|¥|₹)\s*(?=\d)")
@@ -188,14 +195,17 @@ _ALTERNATIVE_RE = re.compile(
 )
 
 
-def _plain_value(s: str) -> Decimal | None:
-    """The value of a plain number ("1,200", "6.0", "-3"), else None. (match.py's `_as_decimal` reads more forms,
-    percentages and e-notation among them; a restatement here must be the same plain number.)"""
-    if not SIMPLE_VALUE_RE.match(s) or "/" in s:
+def _plain_value(s: str) -> Fraction | None:
+    """The exact value of a plain number or a plain fraction ("1,200", "6.0", "-3", "1/2"), else None.
+    (match.py's `_as_decimal` reads more forms, percentages and e-notation among them; a restatement here must
+    be the same plain value.)"""
+    if not SIMPLE_VALUE_RE.match(s):
         return None
     try:
-        return Decimal(s.replace(",", ""))
-    except InvalidOperation:
+        num, _, den = s.replace(",", "").replace(" ", "").partition("/")
+        value = Fraction(Decimal(num))
+        return value / Fraction(Decimal(den)) if den else value
+    except (InvalidOperation, ZeroDivisionError, ValueError):
         return None
 
 
@@ -307,6 +317,9 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     remark = _WORD_REMARK_RE.search(s)
     if remark and re.search(r"[\d\\]", s[: remark.start()]):
         s = s[: remark.start()]  # "7 (seven)", "12 (in total)": a remark in words after the value
+    prose_remark = None if math_ctx else _PROSE_REMARK_RE.match(s)
+    if prose_remark:
+        s = prose_remark.group(1)  # "27 (3 bags of 9 marbles)"
     s = _SCI_TIMES_X_RE.sub(r"\1 \\times 10^", s)  # "1.8 x 10^3": scientific notation with a letter x
     s = _CURRENCY_RE.sub("", s)  # "USD 12", "Rs. 40", "€5"
     s = _SIGNED_CURRENCY_RE.sub(r"\1", s)  # "-$5" -> -5
@@ -314,6 +327,11 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     if mixed and int(mixed.group(3)) < int(mixed.group(4)):  # "3 1/2" -> 7/2
         sign, whole, num, den = mixed.group(1), *map(int, mixed.group(2, 3, 4))
         return f"{sign}{whole * den + num}/{den}"
+    negative = re.fullmatch(r"(?:negative|minus)\s+(\S.*)", s, re.IGNORECASE)
+    if negative:
+        value = finalize(negative.group(1), math_ctx)
+        if value and PLAIN_NUMBER_RE.match(value) and value[0] not in "+-":
+            return f"-{value}"  # "negative five", "minus 5"
     ordinal = re.fullmatch(r"(\d+)(?:st|nd|rd|th)", s)
     if ordinal:
         return ordinal.group(1)  # "27th": the position is the number

@@ -16,6 +16,7 @@ from flowdpo.grading.candidates import (
     split_parts,
     strip_wrappers,
 )
+from flowdpo.grading.notation import plain_notation
 from flowdpo.grading.rules import (
     ANSWER_PHRASE_RE,
     ANY_NUMBER_RE,
@@ -375,7 +376,7 @@ def extract_answer(text: str) -> str | None:
     """The final answer in a model's text, or None if it has none (policy: the module docstring)."""
     if not isinstance(text, str) or not text.strip():
         return None
-    text = text[-MAX_TEXT_CHARS:].replace(MINUS, "-").replace("\u00a0", " ")
+    text = plain_notation(text[-MAX_TEXT_CHARS:])  # "5²", "3½", "√2", "１８", "<b>18</b>", a unicode minus
     text = CALCULATOR_RE.sub("", text)  # GSM8K calculator annotations "<<48/2=24>>" are not text
     try:
         return _extract(text) or None  # NO_SINGLE_ANSWER is no answer

@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from flowdpo.grading.candidates import LHS_RE, expand_parts, finalize, split_parts, strip_wrappers
+from flowdpo.grading.notation import plain_notation
 from flowdpo.grading.rules import (
     CLOCK_RE,
     E_NOTATION_RE,
@@ -245,6 +246,7 @@ def answers_match(gold: str, pred: str) -> bool:
     """Compare a gold final answer with an extracted one (multi-part aware); never raises."""
     try:
         # the gold is read like a candidate: "2 inequalities" -> 2, "x = 5" -> 5 (lists kept whole)
+        gold, pred = plain_notation(gold), plain_notation(pred)
         gold = finalize(gold, math_ctx=True) or gold
         g_parts, p_parts = _parts_of(gold), _parts_of(pred)
         if len(g_parts) > 1 or len(p_parts) > 1:

@@ -544,7 +544,31 @@ REMARKS_AND_ORDINALS = [
     ("The answer is 27th.", "27", True, "27"),
     ("The answer is 3rd.", "2", False, "3"),
 ]
-NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS + REMARKS_AND_ORDINALS
+# Unicode notation and markup are the ASCII / LaTeX they stand for; a sign in words is a sign; quotes and the
+# same value in two notations ("0.5 or ½") are not two answers. A union of intervals is not a value with a remark.
+NOTATION = [
+    ("The answer is 5².", "25", True, "5^2"),
+    ("The answer is x² + 1.", "x^2+1", True, "x^2 + 1"),
+    ("The answer is 3½.", "3.5", True, "7/2"),
+    ("The answer is ½.", "\\frac12", True, "1/2"),
+    ("The answer is 2√3.", "2\\sqrt{3}", True, "2\\sqrt{3}"),
+    ("The answer is √(x+1).", "\\sqrt{x+1}", True, "\\sqrt{x+1}"),
+    ("The answer is π/2.", "\\frac{\\pi}{2}", True, "\\pi /2"),
+    ("The answer is ∞.", "\\infty", True, "\\infty"),
+    ("The answer is １８.", "18", True, "18"),
+    ("The answer is 1\u202f000.", "1000", True, "1 000"),
+    ("The answer is <b>18</b>.", "18", True, "18"),
+    ("<answer>18</answer>", "19", False, "18"),
+    ("The answer is 2<sup>10</sup>.", "1024", True, "2^{10}"),
+    ("The answer is “18”.", "18", True, "18"),
+    ("The answer is negative five.", "-5", True, "-5"),
+    ("The answer is minus 5.", "5", False, "-5"),
+    ("The answer is 0.5 or ½.", "0.5", True, "0.5"),
+    ("The answer is 0.5 or ⅓.", "0.5", False, "0.5 or 1/3"),
+    ("\\boxed{(-\\infty, 0) \\cup (2, \\infty)}", "(-\\infty, 0) \\cup (1, \\infty)", False, "(-\\infty, 0) \\cup (2, \\infty)"),
+    ("\\boxed{(-\\infty, 0) \\cup (1, \\infty)}", "(-∞, 0) ∪ (1, ∞)", True, "(-\\infty, 0) \\cup (1, \\infty)"),
+]
+NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS + REMARKS_AND_ORDINALS + NOTATION
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
