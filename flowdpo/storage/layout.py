@@ -26,6 +26,8 @@ compile/traces/<source>.jsonl      the kept traces of a source (equal-data selec
 compile/MANIFEST.json              the selection: questions, counts per source, rule, provenance (written last)
 compile/sft/<source>/              peft folder of the SFT adapter trained on that source's traces
 compile/sft/<source>.json          its training log (hyperparameters, steps, losses, seconds)
+compile/sft/<source>.checkpoint/   an unfinished SFT's latest checkpoint (LATEST.json -> step-000004/: adapter,
+                                   optimizer, scheduler, RNG states): a rerun resumes there; removed once done
 compile/judge/<a>__vs__<b>.json    pairwise judge verdicts and win rates of two sources (flowdpo judge)
 eval/outcomes/<row>/<set>.jsonl    per-question outcomes of one table row on one eval set (flowdpo eval)
 eval/table.json, eval/table.md     the compile table: accuracy, 95% Wilson CI and n per row and eval set
@@ -204,6 +206,11 @@ class RunLayout:
     def sft_adapter(cls, source: str) -> str:
         """peft folder of the model SFT-trained on `source`'s traces."""
         return f"compile/sft/{cls._source(source)}"
+
+    @classmethod
+    def sft_checkpoint(cls, source: str) -> str:
+        """Prefix of an unfinished SFT's checkpoint (LATEST.json and step-NNNNNN/ below it)."""
+        return f"compile/sft/{cls._source(source)}.checkpoint"
 
     @classmethod
     def sft_log(cls, source: str) -> str:

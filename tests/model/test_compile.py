@@ -540,3 +540,72 @@ def test_sft_gradient_checkpointing_changes_no_result(tmp_path, monkeypatch):
     assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)
     # The steps did update the adapter (LoRA B starts at zero), so the comparison is not of two initialisations.
     assert any(k.endswith("lora_B.weight") and plain[k].abs().max() > 0 for k in plain)
+
+
+@pytest.mark.slow
+def test_interrupted_sft_resumes_to_the_same_adapter(tmp_path):
+    """An SFT stopped after a checkpoint (a killed process, a preempted node) and run again continues from the
+    checkpoint in storage and learns exactly what the uninterrupted SFT learns: same adapter bitwise, same losses
+    (real SmolLM2; three steps across an epoch boundary, LoRA dropout, gradient accumulation). A checkpoint of
+    other traces is not used, and the checkpoint is gone once the SFT is stored."""
+    import torch
+    from safetensors.torch import load
+
+    from flowdpo.compile.sft import SFTCheckpoints, train_all, train_one
+    from flowdpo.storage import RunLayout, open_store
+
+    doc = _doc(
+        tmp_path,
+        compile_section={
+            "sft": {
+                "epochs": 2,
+                "warmupRatio": 0,
+                "batchSize": 4,
+                "gradientAccumulation": 2,
+                "maxLength": 128,
+                "maxSteps": 3,
+                "lora": {"dropout": 0.1},
+            }
+        },
+    )
+    store = open_store(doc.storage_uri())
+    traces = [
+        {"question": f"What is {a} times {a + 3}?", "trace": f"{a} times {a + 3} is {a * (a + 3)}."}
+        for a in range(2, 18)
+    ]
+    whole_files, whole_log = train_one(doc, "flow-generated", traces)
+
+    class Killed(Exception):
+        pass
+
+    class KilledAfterFirstCheckpoint(SFTCheckpoints):
+        def save(self, folder, step):
+            super().save(folder, step)
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_one(doc, "flow-generated", traces, checkpoints=KilledAfterFirstCheckpoint(store, "flow-generated", "fp", 0))
+    prefix = RunLayout.sft_checkpoint("flow-generated")
+    assert store.get_json(f"{prefix}/LATEST.json") == {"step": 1, "fingerprint": "fp"}
+    assert SFTCheckpoints(store, "flow-generated", "other traces", 0).restore(tmp_path / "x") is None
+
+    files, resumed_log = train_one(doc, "flow-generated", traces, checkpoints=SFTCheckpoints(store, "flow-generated", "fp", 0))
+    assert resumed_log["resumedFromStep"] == 1 and whole_log["resumedFromStep"] is None
+    assert resumed_log["steps"] == whole_log["steps"] == 3
+    assert [h["loss"] for h in resumed_log["losses"]] == [h["loss"] for h in whole_log["losses"]]
+    whole, resumed = load(whole_files["adapter_model.safetensors"]), load(files["adapter_model.safetensors"])
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+    # the resumed SFT saved checkpoints of its own steps (every_seconds=0): only the newest folder is kept
+    assert store.get_json(f"{prefix}/LATEST.json")["step"] == 2
+    assert {k.split("/")[3] for k in store.list(prefix + "/") if not k.endswith("LATEST.json")} == {"step-000002"}
+
+    # train_all removes the checkpoint once the adapter and its log are stored
+    store.create_jsonl(RunLayout.compile_traces("ground-truth"), [{**t, "exampleId": f"q{i}"} for i, t in enumerate(traces)])
+    stale = tmp_path / "stale-checkpoint"
+    stale.mkdir()
+    (stale / "trainer_state.json").write_text("{}")
+    SFTCheckpoints(store, "ground-truth", "made from other traces", 0).save(stale, 1)
+    assert store.list(RunLayout.sft_checkpoint("ground-truth") + "/")
+    train_all(doc, store, sources=("ground-truth",))
+    assert store.exists(RunLayout.sft_log("ground-truth"))
+    assert store.list(RunLayout.sft_checkpoint("ground-truth") + "/") == []

@@ -143,9 +143,20 @@ def _store(tmp_path):
     return open_store(f"file://{tmp_path}/run")
 
 
+def _sft_checkpoints(tmp_path):
+    from flowdpo.compile.sft import SFTCheckpoints
+
+    return SFTCheckpoints(_store(tmp_path), "flow-generated", "fp")
+
+
 @pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
 @pytest.mark.parametrize(
-    ("variable", "read"), [("FLOWDPO_WRITER_LEASE_SECONDS", _writer_lease), ("FLOWDPO_STORE_RETRY_SECONDS", _store)]
+    ("variable", "read"),
+    [
+        ("FLOWDPO_WRITER_LEASE_SECONDS", _writer_lease),
+        ("FLOWDPO_STORE_RETRY_SECONDS", _store),
+        ("FLOWDPO_SFT_CHECKPOINT_SECONDS", _sft_checkpoints),
+    ],
 )
 def test_a_bad_number_in_an_environment_variable_is_named(variable, read, value, tmp_path, monkeypatch):
     """Numbers from the environment are read where they are used (flowdpo/envvars.py), not at import, and a bad
