@@ -33,11 +33,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from flowdpo.run.progress import format_progress
-    from flowdpo.storage import RunLayout, open_store
+    from flowdpo.run.progress import format_progress, read_progress
+    from flowdpo.storage import open_store
 
     store = open_store(run_uri(args.run), create=False)
-    progress = store.get_json_or(RunLayout.progress)
+    progress = read_progress(store)
     if progress is None:
         print(f"{args.run}: no progress.json yet (not a run folder, or the run has not finished a shard)", file=sys.stderr)
         return 1

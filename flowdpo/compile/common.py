@@ -18,6 +18,7 @@ import yaml
 
 from flowdpo.data import Example, load_examples
 from flowdpo.run.prepare import RunConflictError
+from flowdpo.run.progress_record import read_progress
 from flowdpo.spec import RunDocument, parse_document
 from flowdpo.storage import ObjectStore, RunLayout, open_store
 
@@ -61,7 +62,7 @@ def open_run(doc: RunDocument, *, require_finished: bool = True) -> ObjectStore:
             "only the compile section and operational fields may change after training"
         )
     if require_finished:
-        progress = store.get_json_or(RunLayout.progress) or {}
+        progress = read_progress(store) or {}
         if progress.get("phase") != "Succeeded":
             raise CompileError(
                 f"{store.uri}: training has not finished (phase {progress.get('phase', 'unknown')!r}); "

@@ -6,6 +6,7 @@ from typing import Any
 
 from flowdpo.names import ADAPTERS, MAIN_CHAIN_ENDS
 from flowdpo.report.stats import moving_accuracy, paired_difference, wilson_interval
+from flowdpo.run.progress_record import read_progress
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
 
@@ -50,7 +51,7 @@ def _spec(store: ObjectStore) -> dict:
 
 def collect(store: ObjectStore) -> dict[str, Any]:
     """Everything the report needs, with examples in the trainer's consumption order."""
-    progress = store.get_json_or(RunLayout.progress)
+    progress = read_progress(store)
     state = _trainer_state(store)
     spec = _spec(store)
     with_results = _shard_indices_with_results(store)

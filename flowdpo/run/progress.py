@@ -8,9 +8,12 @@ import time
 
 from flowdpo.metrics import Metrics
 from flowdpo.names import ADAPTERS
+from flowdpo.run.progress_record import progress_problem, read_progress
 from flowdpo.storage import ObjectStore, RunLayout
 from flowdpo.tracking import track
 from flowdpo.train.online import OnlineTrainer, TrainerState
+
+__all__ = ["build_progress", "format_progress", "progress_problem", "publish_progress", "read_progress"]
 
 
 def build_progress(run: str, phase: str, state: TrainerState, manifest: dict, live: dict | None = None) -> dict:
@@ -50,37 +53,46 @@ def build_progress(run: str, phase: str, state: TrainerState, manifest: dict, li
 
 
 def format_progress(p: dict) -> str:
-    """A few human lines (flowdpo status)."""
-    acc = p["progressiveAccuracy"]
+    """A few human lines (flowdpo status) from a progress record that `progress_problem` accepts (a field it
+    lacks is shown as '-')."""
+    acc = p.get("progressiveAccuracy")
+    shards = p.get("shards") or {}
     lines = [
-        f"run {p['run']}: {p['phase']}  ({p['updatedAt']})",
-        f"  examples            {p['examples']}/{p['examplesTotal']}  shards {p['shards']['consumed']}/{p['shards']['total']}",
-        f"  progressive acc     {'-' if acc is None else f'{acc:.3f}'}  ({p['correct']} correct)",
+        f"run {p['run']}: {p['phase']}  ({p.get('updatedAt', '-')})",
+        (f"  examples            {p.get('examples', '-')}/{p.get('examplesTotal', '-')}"
+        f"  shards {shards.get('consumed', '-')}/{shards.get('total', '-')}"),
+        f"  progressive acc     {'-' if acc is None else f'{acc:.3f}'}  ({p.get('correct', '-')} correct)",
     ]
     skipped = p.get("dataSkipped") or {}
     if skipped:
         reasons = ", ".join(f"{n} x {r}" for r, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
         lines.append(f"  data rows skipped   {sum(skipped.values())} ({reasons})")
-    for name, b in p["baselines"].items():
-        a = b["accuracy"]
-        lines.append(f"  baseline {name:<14} {'-' if a is None else f'{a:.3f}'}  ({b['correct']}/{b['examples']})")
+    for name, b in (p.get("baselines") or {}).items():
+        a = b.get("accuracy")
+        lines.append(f"  baseline {name:<14} {'-' if a is None else f'{a:.3f}'}  ({b.get('correct', '-')}/{b.get('examples', '-')})")
+    versions, steps, last_of = p.get("adapterVersions") or {}, p.get("trainerSteps") or {}, p.get("last") or {}
     for a in ADAPTERS:
-        last = p["last"].get(a, {})
-        loss = f"  loss {last['loss']:.4f} margin {last['margin']:+.3f}" if last else ""
+        last = last_of.get(a) or {}
+        loss = (
+            f"  loss {last['loss']:.4f} margin {last['margin']:+.3f}"
+            if last.get("loss") is not None and last.get("margin") is not None
+            else ""
+        )
+        pairs = (p.get("pairs") or {}).get(a) or {}
         lines.append(
-            f"  {a:<6} adapter v{p['adapterVersions'][a]:<4} pairs mined {p['pairs'][a]['mined']:<5} "
-            f"trained {p['pairs'][a]['trained']:<5} steps {p['trainerSteps'][a]}{loss}"
+            f"  {a:<6} adapter v{versions.get(a, 0):<4} pairs mined {pairs.get('mined', 0):<5} "
+            f"trained {pairs.get('trained', 0):<5} steps {steps.get(a, '-')}{loss}"
         )
     live = p.get("live") or {}
     if live.get("examplesInRunningShard"):
         tps = live.get("tokensPerSecond")
         lines.append(
-            f"  rolled out          {live['examplesRolledOut']}/{p['examplesTotal']} "
+            f"  rolled out          {live.get('examplesRolledOut', '-')}/{p.get('examplesTotal', '-')} "
             f"({live['examplesInRunningShard']} in the running shard{'' if tps is None else f', {tps:.0f} tokens/s'})"
         )
-    eph, eta = p.get("examplesPerHour"), p.get("etaSeconds")
+    eph, eta, elapsed = p.get("examplesPerHour"), p.get("etaSeconds"), p.get("elapsedSeconds")
     lines.append(
-        f"  elapsed {p['elapsedSeconds']:.0f}s  rate {'-' if eph is None else f'{eph:.0f} ex/h'}  "
+        f"  elapsed {'-' if elapsed is None else f'{elapsed:.0f}s'}  rate {'-' if eph is None else f'{eph:.0f} ex/h'}  "
         f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
     )
     return "\n".join(lines)

@@ -99,6 +99,12 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+def _phase(store: ObjectStore) -> str | None:
+    """The run's phase in progress.json; None while it is absent or not a record (a lingering worker waits on)."""
+    p = store.get_json_or(RunLayout.progress)
+    return p.get("phase") if isinstance(p, dict) else None
+
+
 def run_worker(
     doc: RunDocument,
     metrics: Metrics | None = None,
@@ -182,7 +188,7 @@ def run_worker(
     log.info("worker %s: every shard has results (%d by this worker)", claims.worker, len(completed))
     if linger:
         announced = False
-        while (store.get_json_or(RunLayout.progress) or {}).get("phase") != "Succeeded":
+        while _phase(store) != "Succeeded":
             if not announced:
                 log.info("waiting for the trainer to finish the run (--linger)")
                 announced = True

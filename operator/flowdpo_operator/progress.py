@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from flowdpo.run.progress_record import progress_problem
 from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
 
 from .world import ObservedStorage
@@ -33,6 +34,7 @@ def read_progress(
         first_line = (str(e).splitlines() or [type(e).__name__])[0]
         log.debug("reading %s/%s failed: %s", uri, RunLayout.progress, e)
         return ObservedStorage(reachable=False, error=f"{type(e).__name__}: {first_line[:300]}")
-    if progress is not None and not isinstance(progress, dict):
-        return ObservedStorage(reachable=True, error=f"{RunLayout.progress} is not a JSON object")
+    problem = None if progress is None else progress_problem(progress)
+    if problem:  # damaged, or written by something else: named in the status, never a reconcile traceback
+        return ObservedStorage(reachable=True, error=f"{RunLayout.progress} is not a progress record ({problem})")
     return ObservedStorage(reachable=True, progress=progress)

@@ -148,18 +148,73 @@ def test_prepare_says_which_rows_it_skipped_and_what_is_missing(tmp_path):
     assert proc.stdout.startswith("12 examples in 2 shards")
 
 
+def _progress_record(**changes):
+    """A progress.json as the trainer writes it (build_progress), with `changes` applied (None deletes)."""
+    from flowdpo.run.progress import build_progress
+    from flowdpo.train.online import TrainerState
+
+    state = TrainerState()
+    state.last = {"answer": {"loss": 0.69, "margin": 0.01, "accuracy": 0.5}}
+    p = build_progress("demo", "Training", state, {"examples": 8, "shards": 1, "skipped": {"malformed JSON line": 1}},
+                       live={"examplesRolledOut": 3, "examplesInRunningShard": 3, "tokensPerSecond": 12.5})  # fmt: skip
+    p["adaptersInSync"] = {"inSync": False, "workers": 2, "notInSync": ["w1"], "maxDeviation": 0.3}
+    for k, v in changes.items():
+        if v is None:
+            p.pop(k)
+        else:
+            p[k] = v
+    return json.dumps(p).encode()
+
+
 @pytest.mark.parametrize(
-    ("key", "blob"),
+    ("key", "blob", "words"),
     [
-        (RunLayout.progress, b"{not json"),
-        (RunLayout.progress, b"\xff\xfe\x00garbage"),
+        (RunLayout.progress, b"{not json", "not valid JSON"),
+        (RunLayout.progress, b"\xff\xfe\x00garbage", ""),
+        (RunLayout.progress, b"[]", "not a JSON object"),
+        (RunLayout.progress, b"{}", "'run' missing; 'phase' missing"),
+        (RunLayout.progress, _progress_record(examples="12"), "'examples' is not a count"),
+        (RunLayout.progress, _progress_record(progressiveAccuracy=1.5), "'progressiveAccuracy' is not null or a number"),
+        (RunLayout.progress, _progress_record(pairs=[1, 2]), "'pairs' is not {adapter: {mined, trained}}"),
+        (RunLayout.progress, _progress_record(baselines={"zeroShot": 3}), "'baselines' is not"),
+        (RunLayout.progress, _progress_record(adapterVersions={"answer": True}), "'adapterVersions' is not"),
+        (RunLayout.progress, _progress_record(adaptersInSync={"notInSync": [1]}), "'adaptersInSync' is not"),
+        (RunLayout.progress, _progress_record(live={"examplesRolledOut": -1}), "'live' is not"),
     ],
 )
-def test_status_names_a_corrupt_progress_file(tmp_path, key, blob):
+def test_status_names_a_corrupt_progress_file(tmp_path, key, blob, words):
+    """A progress.json that is not JSON, or JSON of another shape (damaged, or written by something else), is
+    named with what is wrong: by `flowdpo status`, by the report, and in the operator's status (never a
+    traceback in a reconcile loop)."""
+    from flowdpo.report.run import write_report
+    from flowdpo.storage import CorruptObjectError
+    from flowdpo_operator.progress import read_progress as operator_read
+
     folder = tmp_path / "run"
     open_store(f"file://{folder}").put(key, blob)
-    refused(cli("status", str(folder)), key)
+    refused(cli("status", str(folder)), key, words)
     assert (folder / key).read_bytes() == blob  # nothing lost: the damaged object is left for inspection
+    seen = operator_read(f"file://{folder}", {})
+    assert seen.reachable and seen.progress is None and "progress.json" in seen.error and words in seen.error
+    with pytest.raises(CorruptObjectError, match="progress.json"):
+        write_report(open_store(f"file://{folder}"), out_dir=tmp_path / "report")
+
+
+def test_progress_as_the_trainer_writes_it_passes_the_check_and_reads_back(tmp_path):
+    """The shape check accepts every progress.json the trainer writes (optional parts present or absent)."""
+    from flowdpo.run.progress import format_progress, progress_problem
+
+    full = json.loads(_progress_record())
+    assert progress_problem(full) is None
+    lean = json.loads(_progress_record(live=None, adaptersInSync=None, last=None, trainerSteps=None, updatedAt=None))
+    assert progress_problem(lean) is None
+    assert progress_problem({"run": "demo", "phase": "Succeeded"}) is None  # only run and phase must be there
+    assert "elapsed -  rate -  ETA -" in format_progress({"run": "demo", "phase": "Succeeded"})
+    folder = tmp_path / "run"
+    open_store(f"file://{folder}").put(RunLayout.progress, json.dumps(lean).encode())
+    proc = cli("status", str(folder))
+    assert proc.returncode == 0 and proc.stdout == format_progress(lean) + "\n"
+    assert "rolled out          3/8 (3 in the running shard, 12 tokens/s)" in format_progress(full)
 
 
 @pytest.mark.parametrize(
