@@ -18,7 +18,7 @@ import yaml
 
 from flowdpo.data import Example, load_examples
 from flowdpo.run.prepare import RunConflictError
-from flowdpo.run.progress_record import read_progress
+from flowdpo.run.records import read_progress
 from flowdpo.spec import RunDocument, parse_document
 from flowdpo.storage import ObjectStore, RunLayout, open_store
 

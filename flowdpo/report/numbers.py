@@ -6,7 +6,7 @@ from typing import Any
 
 from flowdpo.names import ADAPTERS, MAIN_CHAIN_ENDS
 from flowdpo.report.stats import moving_accuracy, paired_difference, wilson_interval
-from flowdpo.run.progress_record import read_progress
+from flowdpo.run.records import read_progress, read_results
 from flowdpo.storage.layout import RunLayout
 from flowdpo.storage.store import ObjectStore
 
@@ -69,7 +69,7 @@ def collect(store: ObjectStore) -> dict[str, Any]:
 
     rows: list[dict] = []
     for s in used:
-        for r in store.get_jsonl(RunLayout.results(s)):
+        for r in read_results(store, s):
             r = dict(r)
             r["_shard"] = s
             rows.append(r)

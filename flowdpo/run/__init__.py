@@ -6,6 +6,7 @@
 - `worker`: the rollout worker program (`flowdpo worker`): claim, roll out, follow adapter versions;
 - `trainer`: the trainer program (`flowdpo trainer`): consume shards in order, train, publish;
 - `local`: `flowdpo run`, the worker's and trainer's steps in one process;
-- `progress`: progress.json, the one summary every component and the operator read (`progress_record`: its
-  shape check, light enough for the operator and the report).
+- `progress`: progress.json, the one summary every component and the operator read;
+- `records`: the shape checks of progress.json and of a shard's results rows, before anything reads them
+  (light enough for the operator and the report).
 """

@@ -8,7 +8,7 @@ import time
 
 from flowdpo.metrics import Metrics
 from flowdpo.names import ADAPTERS
-from flowdpo.run.progress_record import progress_problem, read_progress
+from flowdpo.run.records import progress_problem, read_progress
 from flowdpo.storage import ObjectStore, RunLayout
 from flowdpo.tracking import track
 from flowdpo.train.online import OnlineTrainer, TrainerState

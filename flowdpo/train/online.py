@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from flowdpo.names import ADAPTERS
+from flowdpo.run.records import check_pairs, read_results
 from flowdpo.spec import RunSpec
 from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
 from flowdpo.train import canary
@@ -38,10 +39,14 @@ log = logging.getLogger(__name__)
 def read_pairs(store: ObjectStore, shard: int, results: list[dict] | None = None) -> list[dict]:
     """The pairs of the attempt whose results won the shard."""
     if results is None:
-        results = store.get_jsonl(RunLayout.results(shard))
+        results = read_results(store, shard)
     if not results:
         return []
-    return store.get_jsonl(RunLayout.pairs(shard, results[0]["attempt"]))
+    attempt = results[0].get("attempt")  # its type and form are checked by read_results
+    if attempt is None:
+        raise CorruptObjectError(f"{store.uri}/{RunLayout.results(shard)} row 1", "names no attempt whose pairs to read")
+    key = RunLayout.pairs(shard, attempt)
+    return check_pairs(store.get_jsonl(key), f"{store.uri}/{key}")
 
 
 def coin(seed: int, pair_id: str) -> bool:
@@ -155,8 +160,11 @@ class OnlineTrainer:
     def consume(self, shard: int) -> None:
         if shard in self.state.consumed:
             return
-        results = self.store.get_jsonl(RunLayout.results(shard))
+        results = read_results(self.store, shard)
         pairs = read_pairs(self.store, shard, results)
+        if pairs:  # token ids past the model's vocabulary would fail inside the embedding, mid-step
+            vocab = self.model.get_input_embeddings().num_embeddings
+            check_pairs(pairs, f"{self.store.uri}/{RunLayout.pairs(shard, results[0]['attempt'])}", vocab)
         st = self.state
         for r in results:
             st.examples += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from flowdpo.run.progress_record import progress_problem
+from flowdpo.run.records import progress_problem
 from flowdpo.storage import CorruptObjectError, ObjectStore, RunLayout
 
 from .world import ObservedStorage

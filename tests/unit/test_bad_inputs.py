@@ -148,7 +148,7 @@ def test_prepare_says_which_rows_it_skipped_and_what_is_missing(tmp_path):
     assert proc.stdout.startswith("12 examples in 2 shards")
 
 
-def _progress_record(**changes):
+def _records(**changes):
     """A progress.json as the trainer writes it (build_progress), with `changes` applied (None deletes)."""
     from flowdpo.run.progress import build_progress
     from flowdpo.train.online import TrainerState
@@ -173,13 +173,13 @@ def _progress_record(**changes):
         (RunLayout.progress, b"\xff\xfe\x00garbage", ""),
         (RunLayout.progress, b"[]", "not a JSON object"),
         (RunLayout.progress, b"{}", "'run' missing; 'phase' missing"),
-        (RunLayout.progress, _progress_record(examples="12"), "'examples' is not a count"),
-        (RunLayout.progress, _progress_record(progressiveAccuracy=1.5), "'progressiveAccuracy' is not null or a number"),
-        (RunLayout.progress, _progress_record(pairs=[1, 2]), "'pairs' is not {adapter: {mined, trained}}"),
-        (RunLayout.progress, _progress_record(baselines={"zeroShot": 3}), "'baselines' is not"),
-        (RunLayout.progress, _progress_record(adapterVersions={"answer": True}), "'adapterVersions' is not"),
-        (RunLayout.progress, _progress_record(adaptersInSync={"notInSync": [1]}), "'adaptersInSync' is not"),
-        (RunLayout.progress, _progress_record(live={"examplesRolledOut": -1}), "'live' is not"),
+        (RunLayout.progress, _records(examples="12"), "'examples' is not a count"),
+        (RunLayout.progress, _records(progressiveAccuracy=1.5), "'progressiveAccuracy' is not null or a number"),
+        (RunLayout.progress, _records(pairs=[1, 2]), "'pairs' is not {adapter: {mined, trained}}"),
+        (RunLayout.progress, _records(baselines={"zeroShot": 3}), "'baselines' is not"),
+        (RunLayout.progress, _records(adapterVersions={"answer": True}), "'adapterVersions' is not"),
+        (RunLayout.progress, _records(adaptersInSync={"notInSync": [1]}), "'adaptersInSync' is not"),
+        (RunLayout.progress, _records(live={"examplesRolledOut": -1}), "'live' is not"),
     ],
 )
 def test_status_names_a_corrupt_progress_file(tmp_path, key, blob, words):
@@ -200,13 +200,66 @@ def test_status_names_a_corrupt_progress_file(tmp_path, key, blob, words):
         write_report(open_store(f"file://{folder}"), out_dir=tmp_path / "report")
 
 
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ({}, "'exampleId' missing; 'correct' missing"),
+        ({"exampleId": 5, "correct": True}, "'exampleId' has the wrong type"),
+        ({"exampleId": "a", "correct": "yes"}, "'correct' has the wrong type"),
+        ({"exampleId": "a", "correct": True, "baselines": [1]}, "'baselines' has the wrong type"),
+        ({"exampleId": "a", "correct": True, "pairs": "x", "tokens": -3}, "'pairs' has the wrong type or form; 'tokens'"),
+        ({"exampleId": "a", "correct": True, "attempt": "../../adapters/x"}, "'attempt' has the wrong type or form"),
+    ],
+)
+def test_a_results_row_of_another_shape_is_named_by_the_report_and_the_trainer(tmp_path, row, words):
+    """The trainer and the report read a shard's results rows; a row they cannot use names the object and row
+    (the trainer's consume loop crashed on a KeyError and the report on an IndexError)."""
+    from flowdpo.run.records import read_results
+    from flowdpo.storage import CorruptObjectError
+    from flowdpo.train.online import read_pairs
+
+    folder = tmp_path / "run"
+    store = open_store(f"file://{folder}")
+    good = {"exampleId": "ok", "correct": False, "attempt": "0123456789ab"}
+    store.create_jsonl(RunLayout.results(0), [good, row])
+    refused(cli("report", str(folder)), "results/shard-000000.jsonl row 2", words)
+    for read in (read_results, read_pairs):
+        with pytest.raises(CorruptObjectError, match="results/shard-000000.jsonl row 2"):
+            read(store, 0)
+
+
+def test_a_pair_the_trainer_cannot_train_on_is_named(tmp_path):
+    """Pairs are read by the trainer only; a damaged one (another adapter, a token id past the vocabulary,
+    an empty side) names the pairs object and row before any training step uses it."""
+    from flowdpo.run.records import check_pairs, pair_problem
+    from flowdpo.storage import CorruptObjectError
+    from flowdpo.train.online import read_pairs
+
+    pair = {"pairId": "q/node-01", "adapter": "answer", "scoring": "sequence",
+            "promptIds": [1, 2], "chosenIds": [3], "rejectedIds": [4, 5]}  # fmt: skip
+    assert pair_problem(pair, vocab=10) is None
+    assert "below 5" in pair_problem(pair, vocab=5)
+    assert "'adapter' is not one of" in pair_problem({**pair, "adapter": "critic"})
+    assert "'chosenIds' is empty" in pair_problem({**pair, "chosenIds": [], "scoring": "token-set"})
+    assert pair_problem({**pair, "chosenIds": []}) is None  # a sequence of no tokens scores 0: trainable
+    assert "'promptIds' is not a list of token ids" in pair_problem({**pair, "promptIds": [1, -2]})
+    assert "'scoring' is not one of" in pair_problem({**pair, "scoring": "max"})
+    with pytest.raises(CorruptObjectError, match="pairs.jsonl row 2: not a DPO pair"):
+        check_pairs([pair, {**pair, "rejectedIds": "4 5"}], "pairs.jsonl")
+    store = open_store(f"file://{tmp_path}/run")
+    store.create_jsonl(RunLayout.results(0), [{"exampleId": "q", "correct": True, "attempt": "a1"}])
+    store.create_jsonl(RunLayout.pairs(0, "a1"), [pair, {**pair, "adapter": 3}])
+    with pytest.raises(CorruptObjectError, match=r"pairs/shard-000000/a1.jsonl row 2: not a DPO pair \('adapter'"):
+        read_pairs(store, 0)
+
+
 def test_progress_as_the_trainer_writes_it_passes_the_check_and_reads_back(tmp_path):
     """The shape check accepts every progress.json the trainer writes (optional parts present or absent)."""
     from flowdpo.run.progress import format_progress, progress_problem
 
-    full = json.loads(_progress_record())
+    full = json.loads(_records())
     assert progress_problem(full) is None
-    lean = json.loads(_progress_record(live=None, adaptersInSync=None, last=None, trainerSteps=None, updatedAt=None))
+    lean = json.loads(_records(live=None, adaptersInSync=None, last=None, trainerSteps=None, updatedAt=None))
     assert progress_problem(lean) is None
     assert progress_problem({"run": "demo", "phase": "Succeeded"}) is None  # only run and phase must be there
     assert "elapsed -  rate -  ETA -" in format_progress({"run": "demo", "phase": "Succeeded"})
