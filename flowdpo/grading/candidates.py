@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-from flowdpo.grading.number_words import number_words
+from flowdpo.grading.number_words import SCALE_AFTER_RE, number_words, scaled
 from flowdpo.grading.rules import (
     ARITH_OP_RE,
     CLOCK,
@@ -284,6 +284,10 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
             return value  # "twelve", "twenty-one apples"
     lead = _leading_number(s, math_ctx)
     if lead is not None and not SIMPLE_VALUE_RE.match(s):
+        at = s.find(lead)
+        scale = SCALE_AFTER_RE.match(s, at + len(lead)) if re.fullmatch(r"[-+$€£¥₹\\\s]*", s[: max(at, 0)]) else None
+        if scale:
+            return scaled(lead, scale.group(1)) or lead  # "1.5 million", "3 billion dollars"
         return lead  # "13 apples", "1,234, which is ...", "7 because 3 + 4 = 7"
     if len(s) > MAX_ANSWER_CHARS:
         return None

@@ -17,6 +17,7 @@ from flowdpo.grading.candidates import (
     strip_wrappers,
 )
 from flowdpo.grading.notation import plain_notation
+from flowdpo.grading.number_words import SCALE_AFTER_RE, scaled
 from flowdpo.grading.rules import (
     ANSWER_PHRASE_RE,
     ANY_NUMBER_RE,
@@ -225,6 +226,9 @@ def _last_number(text: str) -> str | None:
         value = "-" + value
     elif before.endswith(("+", "*", "/", "×", "÷", "^")) or re.search(r"\\(?:times|cdot|div)$", before):
         return None
+    scale = SCALE_AFTER_RE.match(t, m.end())
+    if scale:
+        return scaled(value, scale.group(1)) or value  # "... earned 1.5 million"
     return value
 
 

@@ -1,8 +1,10 @@
-"""An answer written in words is the number it names: "twelve", "twenty-one", "one hundred and five"."""
+"""An answer written in words is the number it names: "twelve", "twenty-one", "one hundred and five"; a number
+with a scale word is its value: "1.5 million" is 1500000."""
 
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 _UNIT_WORDS = """
 zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen
@@ -53,3 +55,18 @@ def number_words(s: str) -> str | None:
     ):
         return None
     return str(total + current)
+
+
+_SCALE_WORDS = {"hundred": 100, "thousand": 1_000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+# A scale word right after a number ("1.5 million", "$3 billion dollars"); not "hundreds of", "a million times".
+SCALE_AFTER_RE = re.compile(r"\s+(hundred|thousand|million|billion|trillion)\b(?!\s+(?:of|times)\b)", re.IGNORECASE)
+
+
+def scaled(number: str, scale_word: str) -> str | None:
+    """"1.5", "million" -> "1500000" (exact, no exponent); None if `number` is not a plain number."""
+    try:
+        value = Decimal(number.replace(",", "")) * _SCALE_WORDS[scale_word.lower()]
+    except (InvalidOperation, KeyError):
+        return None
+    text = format(value.normalize(), "f")
+    return text.removesuffix(".0")

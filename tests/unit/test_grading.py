@@ -568,7 +568,17 @@ NOTATION = [
     ("\\boxed{(-\\infty, 0) \\cup (2, \\infty)}", "(-\\infty, 0) \\cup (1, \\infty)", False, "(-\\infty, 0) \\cup (2, \\infty)"),
     ("\\boxed{(-\\infty, 0) \\cup (1, \\infty)}", "(-∞, 0) ∪ (1, ∞)", True, "(-\\infty, 0) \\cup (1, \\infty)"),
 ]
+# A number with a scale word is its value ("1.5 million" is 1500000, not 1.5), marked or not.
+SCALE_WORDS = [
+    ("The answer is 1.5 million.", "1500000", True, "1500000"),
+    ("The answer is 1.5 million dollars.", "1.5", False, "1500000"),
+    ("The answer is $1.2 billion", "1200000000", True, "1200000000"),
+    ("So it costs $3 thousand.", "3000", True, "3000"),
+    ("He earned 2.5 million", "2500000", True, "2500000"),
+    ("There are hundreds of them, 5 in total.", "5", True, "5"),
+]
 NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS + REMARKS_AND_ORDINALS + NOTATION
+NEW_CASES += SCALE_WORDS
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
