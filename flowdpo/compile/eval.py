@@ -25,7 +25,7 @@ from typing import Any
 
 from flowdpo.compile.common import CompileError, fingerprint, open_run
 from flowdpo.compile.eval_answers import (
-    FlowRowCheckpoint,
+    RowCheckpoint,
     answer_questions,
     answer_with_flow,
     stop_discrimination,
@@ -40,6 +40,9 @@ from flowdpo.spec import RunDocument
 from flowdpo.storage import ObjectStore, RunLayout
 
 log = logging.getLogger(__name__)
+
+# Answers per call of a one-pass row, each block saved to eval/partial/<row>.json (a resumed row continues there).
+ONE_PASS_BLOCK = 256
 
 
 def sft_sources_in_store(store: ObjectStore) -> list[str]:
@@ -149,15 +152,11 @@ def evaluate_run(
     for row in rows:
         adapter = None if row == ZERO_SHOT else row
         fp, k, stored = plan[row]
-        # A flow row is long (questions x samples flows): it resumes block by block after an interruption.
-        checkpoint = (
-            FlowRowCheckpoint(
-                store,
-                RunLayout.eval_partial(row),
-                fingerprint({"row": fp, "questions": [ex.id for ex in everything], "samples": k}),
-            )
-            if row in (FLOW_TRAINED, FLOW_UNTRAINED)
-            else None
+        # A row can be long (questions x samples answers or flows): it resumes block by block after an interruption.
+        checkpoint = RowCheckpoint(
+            store,
+            RunLayout.eval_partial(row),
+            fingerprint({"row": fp, "questions": [ex.id for ex in everything], "samples": k}),
         )
         if all(v is not None for v in stored.values()):
             log.info("eval %s: reusing stored outcomes (same questions, model and settings)", row)
@@ -194,6 +193,8 @@ def evaluate_run(
                 d["temperature"],
                 spec.seed,
                 d["topP"],
+                block=ONE_PASS_BLOCK,
+                checkpoint=checkpoint,
             )
             for i, r in enumerate(answered):
                 r["sample"] = i % k
@@ -211,8 +212,7 @@ def evaluate_run(
             results[es.id] = cell(outcomes, k)
             if bar is not None:
                 bar.update(1)
-        if checkpoint is not None:
-            checkpoint.clear()  # the row is stored whole: its block checkpoint is done
+        checkpoint.clear()  # the row is stored whole: its block checkpoint is done
         entry: dict[str, Any] = {
             "row": row,
             "label": ROW_LABELS[row],

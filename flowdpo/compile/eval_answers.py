@@ -32,18 +32,35 @@ def answer_questions(
     temperature: float,
     seed: int,
     top_p: float = 1.0,
+    block: int | None = None,
+    checkpoint: RowCheckpoint | None = None,
 ) -> list[dict]:
+    """One answer per entry of `examples` (one pass of the model; `adapter` None: the base model), from `seed`.
+    `block`: answer that many entries per call, saving `checkpoint` after each, so that an interrupted row
+    resumes at its next block with the random state it had there (the same answers as without the interruption)."""
+    import random
+
     import torch
 
     torch.manual_seed(seed)
-    outs = backend.generate(
-        [prompts.answer_prompt(ex.question) for ex in examples], adapter, max_new_tokens, temperature, top_p
-    )
-    rows = []
-    for ex, ids in zip(examples, outs):
-        text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
-        ended = any(t in prompts.eos_ids for t in ids)
-        rows.append(graded_outcome(ex, text, tokens=len(ids), endReason="eos" if ended else "length"))
+    rows: list[dict] = []
+    first = 0
+    restored = checkpoint.load() if checkpoint is not None else None
+    if restored is not None:
+        rows, first, torch_state, _ = restored
+        torch.set_rng_state(torch_state)
+    step = block or max(len(examples), 1)
+    for start in range(first, len(examples), step):
+        part = examples[start : start + step]
+        outs = backend.generate(
+            [prompts.answer_prompt(ex.question) for ex in part], adapter, max_new_tokens, temperature, top_p
+        )
+        for ex, ids in zip(part, outs):
+            text = prompts.decode([t for t in ids if t not in prompts.eos_ids])
+            ended = any(t in prompts.eos_ids for t in ids)
+            rows.append(graded_outcome(ex, text, tokens=len(ids), endReason="eos" if ended else "length"))
+        if checkpoint is not None:
+            checkpoint.save(rows, start + step, torch.get_rng_state(), random.Random(0).getstate())
     return rows
 
 
@@ -61,7 +78,7 @@ def answer_with_flow(
     settings), in blocks of `batch_questions` questions; trained=False: the untrained flow (base model in both
     roles). Every call starts from the same seeds, so two flows see the same random stream as far as their
     batches agree. Each record carries its sample index, the Stop probabilities and the partial answers' end.
-    `checkpoint` (a FlowRowCheckpoint): saved after every block and resumed from, with the random state, so an
+    `checkpoint` (a RowCheckpoint): saved after every block and resumed from, with the random state, so an
     interrupted row ends with the same answers as an uninterrupted one."""
     import random
 
@@ -144,9 +161,10 @@ def stop_discrimination(backend, prompts, spec, outcomes: Sequence[dict]) -> dic
     return out
 
 
-class FlowRowCheckpoint:
-    """A flow row's answers so far in the run's store (`eval/partial/<row>.json`), valid only for the same
-    questions and settings (`fingerprint`): a long row resumes at its next block after an interruption."""
+class RowCheckpoint:
+    """An eval row's answers so far in the run's store (`eval/partial/<row>.json`), valid only for the same
+    questions and settings (`fingerprint`): a long row (a flow row, a sampled row of thousands of answers)
+    resumes at its next block after an interruption."""
 
     def __init__(self, store, key: str, fingerprint: str):
         self.store, self.key, self.fingerprint = store, key, fingerprint

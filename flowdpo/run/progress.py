@@ -58,7 +58,7 @@ def format_progress(p: dict) -> str:
     acc = p.get("progressiveAccuracy")
     shards = p.get("shards") or {}
     lines = [
-        f"run {p['run']}: {p['phase']}  ({p.get('updatedAt', '-')})",
+        f"run {p.get('run', '-')}: {p['phase']}  ({p.get('updatedAt', '-')})",
         (f"  examples            {p.get('examples', '-')}/{p.get('examplesTotal', '-')}"
         f"  shards {shards.get('consumed', '-')}/{shards.get('total', '-')}"),
         f"  progressive acc     {'-' if acc is None else f'{acc:.3f}'}  ({p.get('correct', '-')} correct)",

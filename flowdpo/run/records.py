@@ -27,8 +27,8 @@ def progress_problem(p) -> str | None:
     """What makes `p` not a progress record of the shape `build_progress` writes (None: it is one).
 
     Everything that reads progress.json (`flowdpo status`, the report, the operator's status) checks it with
-    this first, so a damaged or foreign object is named instead of failing deep inside a formatter. Only `run`
-    and `phase` must be there (a record of an older or newer flowdpo may lack others); what is there must have
+    this first, so a damaged or foreign object is named instead of failing deep inside a formatter. Only `phase`
+    must be there (a record of an older or newer flowdpo may lack others); what is there must have
     the type the trainer writes."""
     if not isinstance(p, dict):
         return "not a JSON object"
@@ -45,8 +45,8 @@ def progress_problem(p) -> str | None:
         return isinstance(v, dict) and all(k not in v or ok(v[k]) for k, ok in fields.items())
 
     counts = {"mined": _count, "trained": _count}
-    for key in ("run", "phase"):
-        need(key, lambda v: isinstance(v, str), "a string", required=True)
+    need("phase", lambda v: isinstance(v, str), "a string", required=True)
+    need("run", lambda v: isinstance(v, str), "a string")
     need("updatedAt", lambda v: isinstance(v, str), "a string")
     for key in ("examples", "examplesTotal", "correct"):
         need(key, _count, "a count")

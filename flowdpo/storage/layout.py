@@ -31,6 +31,7 @@ compile/sft/<source>.checkpoint/   an unfinished SFT's latest checkpoint (LATEST
 compile/judge/<a>__vs__<b>.json    pairwise judge verdicts and win rates of two sources (flowdpo judge)
 eval/outcomes/<row>/<set>.jsonl    per-question outcomes of one table row on one eval set (flowdpo eval)
 eval/table.json, eval/table.md     the compile table: accuracy, 95% Wilson CI and n per row and eval set
+eval/partial/<row>.json            an unfinished row's answers and random state (a rerun resumes there; removed once stored)
 eval/stop-discrimination.json      AUC of the Stop decision, untrained vs trained, on the same held-out partial answers
 signal/<key>/lengths.json          natural answer lengths of the base model (flowdpo signal; <key>: its settings)
 signal/<key>/mined/batch-000003.jsonl  outcomes and pairs the untrained flow mined from one batch of questions
@@ -236,7 +237,7 @@ class RunLayout:
 
     @classmethod
     def eval_partial(cls, row: str) -> str:
-        """A flow row's answers so far and the random state after them (`flowdpo eval` resumes from it)."""
+        """An eval row's answers so far and the random state after them (`flowdpo eval` resumes from it)."""
         cls._segment(row, "eval row")
         return f"eval/partial/{row}.json"
 

@@ -452,7 +452,7 @@ def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
     uninterrupted row (real SmolLM2 flow with the run's adapters)."""
     from pathlib import Path
 
-    from flowdpo.compile.eval_answers import FlowRowCheckpoint, answer_with_flow
+    from flowdpo.compile.eval_answers import RowCheckpoint, answer_with_flow
     from flowdpo.loader import load_trained_flow
     from flowdpo.spec import load_document
 
@@ -471,7 +471,7 @@ def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
     class Interrupted(Exception):
         pass
 
-    class StopAfterFirstBlock(FlowRowCheckpoint):
+    class StopAfterFirstBlock(RowCheckpoint):
         def save(self, *args):
             super().save(*args)
             raise Interrupted
@@ -481,12 +481,51 @@ def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
         ask(StopAfterFirstBlock(store, key, "fp"))
     saved = store.get_json(key)
     assert saved["next"] == 2 and len(saved["answers"]) == 4  # 2 questions x 2 samples
-    resumed = ask(FlowRowCheckpoint(store, key, "fp"))
+    resumed = ask(RowCheckpoint(store, key, "fp"))
     assert [(r["exampleId"], r["sample"], r["answer"]) for r in resumed] == [
         (r["exampleId"], r["sample"], r["answer"]) for r in whole
     ]
     # Another row's (or another setting's) checkpoint is not used: the row starts again from its first block.
-    assert FlowRowCheckpoint(store, key, "other settings").load() is None
+    assert RowCheckpoint(store, key, "other settings").load() is None
+
+
+def test_an_interrupted_sampled_one_pass_row_resumes_with_the_same_answers(tmp_path):
+    """A sampled one-pass row (questions x samples answers; thousands on a held-out set) is answered in blocks,
+    each saved with the random state: cut off after its first block, it resumes there and ends with exactly the
+    answers of an uninterrupted row (real SmolLM2, temperature 0.7)."""
+    from pathlib import Path
+
+    from flowdpo.compile.eval_answers import RowCheckpoint, answer_questions
+    from flowdpo.loader import load_trained_flow
+    from flowdpo.spec import load_document
+
+    run_file = tmp_path / "compiled.yaml"
+    run_file.write_text(E2E_RUN.format(root=tmp_path, fixture=Path(FIXTURE_GSM8K).resolve()))
+    doc = load_document(run_file)
+    _finished_run(doc)
+    store = open_store(doc.storage_uri())
+    backend, prompts = load_trained_flow(doc, store, 8, cast_lora=False)
+    examples = [Example(f"q{i}", f"What is {i} + {i + 3}?", str(2 * i + 3), "sum") for i in range(3) for _ in range(2)]
+    ask = lambda checkpoint=None: answer_questions(
+        backend, prompts, None, examples, 12, 0.7, doc.spec.seed, 1.0, block=2, checkpoint=checkpoint
+    )
+    whole = ask()
+
+    class Interrupted(Exception):
+        pass
+
+    class StopAfterFirstBlock(RowCheckpoint):
+        def save(self, *args):
+            super().save(*args)
+            raise Interrupted
+
+    key = "eval/partial/zero-shot-sampled.json"
+    with pytest.raises(Interrupted):
+        ask(StopAfterFirstBlock(store, key, "fp"))
+    assert store.get_json(key)["next"] == 2
+    resumed = ask(RowCheckpoint(store, key, "fp"))
+    assert [(r["exampleId"], r["answer"]) for r in resumed] == [(r["exampleId"], r["answer"]) for r in whole]
+    assert len({r["answer"] for r in whole}) > 1  # sampled: the comparison is not of constant texts
 
 
 @pytest.mark.slow
