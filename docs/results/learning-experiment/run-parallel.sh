@@ -3,7 +3,8 @@
 #   control run (returns at once when finished)
 #   control run's eval (trained-flow row) + report
 #   main run's flow rows (trained, untrained: they need the training run, not the compile)
-#   main run's compile (its SFT takes up to 10 GB), then its one-pass rows (0-shot, SFT, 0-shot sampled)
+#   main run's compile (its SFT takes up to 10 GB), then its one-pass rows: the sampled 0-shot row first (the
+#   longest: 1,600 answers; a row a session's end interrupts starts again, so it goes first), then 0-shot, SFT
 #   when all have finished: the main run's whole table (every row from storage, Stop AUC), its report,
 #   analyze.py.
 # The same commands with the same files and settings as run.sh; only the order across the two runs and the
@@ -35,8 +36,8 @@ flows=$!
   # it). Rerunning compile afterwards is a no-op once every source is trained.
   while pgrep -f "flowdpo compile $here/run.yaml" > /dev/null; do sleep 60; done
   $f compile $here/run.yaml --no-progress
-  $f eval $here/run.yaml --no-progress \
-    --rows zero-shot,sft-ground-truth,sft-self-generated,sft-flow-generated,zero-shot-sampled
+  $f eval $here/run.yaml --no-progress --rows zero-shot-sampled
+  $f eval $here/run.yaml --no-progress --rows zero-shot,sft-ground-truth,sft-self-generated,sft-flow-generated
 ) >> runs/logs/main-chain.log 2>&1 &
 onepass=$!
 wait $control; rc_control=$?
