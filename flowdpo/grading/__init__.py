@@ -14,7 +14,8 @@ Policy: which answer a text gives
    * *answer phrases*: the word "answer" in a marker form ("the answer is X", "Answer: X", "the answer to
      this problem is X", "the final answer is X", "X is the answer"), "the final result / total / value
      is X" and "Final: X"; X is a math answer or one word of a closed categorical class ("yes", "even",
-     "Monday"), never another prose word ("the answer is correct" states nothing);
+     "Monday"; not when a number follows it, where it answers a sub-question), never another prose word ("the
+     answer is correct" states nothing);
    * *value statements*: "the sum / total / result / product / difference / value / cost / ... is X",
      "... equals X", "... is equal to X", and conclusion sentences that start with So / Therefore /
      Thus / Hence / In total / Altogether / In conclusion / Finally and assert a value ("So, 13.",

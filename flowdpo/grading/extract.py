@@ -120,6 +120,8 @@ def _phrase_statements(text: str) -> list[Statement]:
     out: list[Statement] = []
     for m in _last(ANSWER_PHRASE_RE.finditer(text)):
         cand, end = _candidate_after(text, m.end())
+        if cand and cand.lower() in CATEGORY_WORDS and ANY_NUMBER_RE.search(text, end):
+            continue  # "Is 15 divisible by 4? The answer is no. ... so 4 boxes": a sub-question's answer
         if _states(cand):
             out.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
     for m in _last(REVERSE_ANSWER_RE.finditer(text)):

@@ -503,6 +503,9 @@ CATEGORICAL = [
     ("So the answer is Sunday", "\\text{Sunday}", True, "Sunday"),
     ("The answer is Monday.", "\\text{Tuesday}", False, "Monday"),
     ("The answer is correct. So 5.", "5", True, "5"),
+    ("Is 15 divisible by 4? The answer is no. We need 4 boxes.", "4", True, "4"),  # a sub-question's answer
+    ("Is 15 divisible by 4? The answer is no. So we need 15/4 = 3.75 boxes. So 4 boxes.", "4", True, "4"),
+    ("Is 12 even? The answer is yes.", "\\text{yes}", True, "yes"),
     ("The answer is simple: 2 + 3 = 5.", "5", True, "5"),
     ("\\boxed{a}", "a", True, "a"),
     ("\\boxed{a}", "b", False, "a"),
