@@ -130,6 +130,8 @@ def _leading_number(s: str, math_ctx: bool) -> str | None:
     if not rest.strip():
         return None  # the whole candidate is the value: nothing to cut
     rest = re.sub(r"^(?:\*\*|__|`|\$)+(?=\W|$)", "", rest)  # "**13**, which ..."
+    if not math_ctx and "/" not in m.group(0) and re.match(r"^\s*/\s*[A-Za-z]{2,}\b", rest):
+        return m.group(0).strip()  # "12/hour", "$3/kg": a rate's unit (not "12/x": one letter is a variable)
     if re.match(r"^\s*(?:\^|\\times|\\cdot|\*|×|/|\.\d|\\%|[xX]\s*\d)", rest):
         return None  # the value goes on (an expression): not a value followed by words
     if rest.startswith("!"):
@@ -238,7 +240,8 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     raw = candidate.replace(MINUS, "-").strip()
     if not raw:
         return None
-    math_ctx = math_ctx or raw.startswith(("$", "\\(", "\\["))
+    # "$...$" is math; a "$" with no closing one is a currency sign ("$12/hour", "$5!")
+    math_ctx = math_ctx or raw.startswith(("\\(", "\\[")) or (raw.startswith("$") and "$" in raw[1:])
     s = strip_wrappers(raw)
     if not s:
         return None

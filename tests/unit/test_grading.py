@@ -581,7 +581,16 @@ SCALE_WORDS = [
     ("There are hundreds of them, 5 in total.", "5", True, "5"),
 ]
 NEW_CASES += LATEX_SPACING + CATEGORICAL + GLUED_UNITS + REPEATING_AND_TEXT_LISTS + REMARKS_AND_ORDINALS + NOTATION
-NEW_CASES += SCALE_WORDS
+# A rate's unit after a slash is a unit ("12/hour"; "12/x" stays an expression); a "$" with no closing "$" is
+# a currency sign, not the start of math ("$5!" is an exclamation, "$5!$" a factorial).
+RATES_AND_CURRENCY = [
+    ("The answer is $12/hour.", "12", True, "12"),
+    ("The answer is 12/hr", "13", False, "12"),
+    ("The answer is 12/x", "12", False, "12/x"),
+    ("The answer is $5!", "5", True, "5"),
+    ("The answer is $5!$", "120", True, "5!"),
+]
+NEW_CASES += SCALE_WORDS + RATES_AND_CURRENCY
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
