@@ -55,9 +55,10 @@ Policy: which answer a text gives
    LaTeX spacing (`\\,`, `\\;`, `\\!`, `~`) is layout and is dropped (`\\boxed{12\\,\\%}` is 12%); a
    closed box's single letter is a variable (`\\boxed{a}`), in prose "a" is the article.
    An answer in words is the number it names ("The answer is twenty-one." gives 21, "negative five" -5; "one
-   of them" is no number); a scale word multiplies ("1.5 million" is 1500000); an ordinal ("27th") is its number; quotes around an answer are not part of it; a
-   lone number's bracketed remark of words or a computation ("27 (3 bags of 9)") is not part of it. A statement that offers a second value in place of the first gives NO answer, and the text's
-   last number is not read instead: a hedge ("6, or maybe 7", "6 (or 7)", "6 to 7", "\\boxed{5} or
+   of them" is no number); a scale word multiplies ("1.5 million" is 1500000); an ordinal ("27th") is its
+   number; quotes around an answer are not part of it; a lone number's bracketed remark of words or a
+   computation ("27 (3 bags of 9)") is not part of it. A statement that offers a second value in place of
+   the first gives NO answer, and the text's last number is not read instead: a hedge ("6, or maybe 7", "6 (or 7)", "6 to 7", "\\boxed{5} or
    \\boxed{6}") or a quotient with its remainder ("7 R 2"). Grading either value correct would reward
    hedging. "6 or more" and a multi-part answer ("5 or 6", policy 6) are not hedges; one value in two
    notations ("6, or 6.0", "0.5 or 1/2") is one answer.

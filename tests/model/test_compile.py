@@ -446,13 +446,14 @@ def test_compile_then_eval_end_to_end(tmp_path, monkeypatch, capsys):
             assert not {normalize_question(r["question"]) for r in evaluated} & used
 
 
-def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
-    """A flow row is long (questions x samples flows): `flowdpo eval` saves it after every block with the random
-    state, and a row cut off after its first block resumes there and ends with exactly the answers of an
-    uninterrupted row (real SmolLM2 flow with the run's adapters)."""
+class _Interrupted(Exception):
+    pass
+
+
+def _trained_flow_of_a_finished_run(tmp_path):
+    """(doc, store, backend, prompts): a finished run and its trained flow (real SmolLM2 with the run's adapters)."""
     from pathlib import Path
 
-    from flowdpo.compile.eval_answers import RowCheckpoint, answer_with_flow
     from flowdpo.loader import load_trained_flow
     from flowdpo.spec import load_document
 
@@ -462,26 +463,40 @@ def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
     _finished_run(doc)
     store = open_store(doc.storage_uri())
     backend, prompts = load_trained_flow(doc, store, 8, cast_lora=False)
+    return doc, store, backend, prompts
+
+
+def _cut_after_first_block_then_resumed(ask, store, key: str):
+    """`ask(checkpoint)` stopped right after its first block was saved under `key`, then run again from that
+    checkpoint: (what was saved, the resumed answers)."""
+    from flowdpo.compile.eval_answers import RowCheckpoint
+
+    class StopAfterFirstBlock(RowCheckpoint):
+        def save(self, *args):
+            super().save(*args)
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        ask(StopAfterFirstBlock(store, key, "fp"))
+    saved = store.get_json(key)
+    return saved, ask(RowCheckpoint(store, key, "fp"))
+
+
+def test_an_interrupted_flow_row_resumes_with_the_same_answers(tmp_path):
+    """A flow row is long (questions x samples flows): `flowdpo eval` saves it after every block with the random
+    state, and a row cut off after its first block resumes there and ends with exactly the answers of an
+    uninterrupted row (real SmolLM2 flow with the run's adapters)."""
+    from flowdpo.compile.eval_answers import RowCheckpoint, answer_with_flow
+
+    doc, store, backend, prompts = _trained_flow_of_a_finished_run(tmp_path)
     examples = [Example(f"q{i}", f"What is {i} + {i + 3}?", str(2 * i + 3), "sum") for i in range(4)]
     ask = lambda checkpoint=None: answer_with_flow(
         backend, prompts, doc.spec, examples, trained=True, samples=2, batch_questions=2, checkpoint=checkpoint
     )
     whole = ask()
-
-    class Interrupted(Exception):
-        pass
-
-    class StopAfterFirstBlock(RowCheckpoint):
-        def save(self, *args):
-            super().save(*args)
-            raise Interrupted
-
     key = "eval/partial/flow-trained.json"
-    with pytest.raises(Interrupted):
-        ask(StopAfterFirstBlock(store, key, "fp"))
-    saved = store.get_json(key)
+    saved, resumed = _cut_after_first_block_then_resumed(ask, store, key)
     assert saved["next"] == 2 and len(saved["answers"]) == 4  # 2 questions x 2 samples
-    resumed = ask(RowCheckpoint(store, key, "fp"))
     assert [(r["exampleId"], r["sample"], r["answer"]) for r in resumed] == [
         (r["exampleId"], r["sample"], r["answer"]) for r in whole
     ]
@@ -493,37 +508,16 @@ def test_an_interrupted_sampled_one_pass_row_resumes_with_the_same_answers(tmp_p
     """A sampled one-pass row (questions x samples answers; thousands on a held-out set) is answered in blocks,
     each saved with the random state: cut off after its first block, it resumes there and ends with exactly the
     answers of an uninterrupted row (real SmolLM2, temperature 0.7)."""
-    from pathlib import Path
+    from flowdpo.compile.eval_answers import answer_questions
 
-    from flowdpo.compile.eval_answers import RowCheckpoint, answer_questions
-    from flowdpo.loader import load_trained_flow
-    from flowdpo.spec import load_document
-
-    run_file = tmp_path / "compiled.yaml"
-    run_file.write_text(E2E_RUN.format(root=tmp_path, fixture=Path(FIXTURE_GSM8K).resolve()))
-    doc = load_document(run_file)
-    _finished_run(doc)
-    store = open_store(doc.storage_uri())
-    backend, prompts = load_trained_flow(doc, store, 8, cast_lora=False)
+    doc, store, backend, prompts = _trained_flow_of_a_finished_run(tmp_path)
     examples = [Example(f"q{i}", f"What is {i} + {i + 3}?", str(2 * i + 3), "sum") for i in range(3) for _ in range(2)]
     ask = lambda checkpoint=None: answer_questions(
         backend, prompts, None, examples, 12, 0.7, doc.spec.seed, 1.0, block=2, checkpoint=checkpoint
     )
     whole = ask()
-
-    class Interrupted(Exception):
-        pass
-
-    class StopAfterFirstBlock(RowCheckpoint):
-        def save(self, *args):
-            super().save(*args)
-            raise Interrupted
-
-    key = "eval/partial/zero-shot-sampled.json"
-    with pytest.raises(Interrupted):
-        ask(StopAfterFirstBlock(store, key, "fp"))
-    assert store.get_json(key)["next"] == 2
-    resumed = ask(RowCheckpoint(store, key, "fp"))
+    saved, resumed = _cut_after_first_block_then_resumed(ask, store, "eval/partial/zero-shot-sampled.json")
+    assert saved["next"] == 2
     assert [(r["exampleId"], r["answer"]) for r in resumed] == [(r["exampleId"], r["answer"]) for r in whole]
     assert len({r["answer"] for r in whole}) > 1  # sampled: the comparison is not of constant texts
 
