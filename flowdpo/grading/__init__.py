@@ -13,7 +13,7 @@ Policy: which answer a text gives
    * *strong* markers: `\\boxed{X}` / `\\fbox{X}` and `#### X`;
    * *answer phrases*: the word "answer" in a marker form ("the answer is X", "Answer: X", "the answer to
      this problem is X", "the final answer is X", "X is the answer"), "the final result / total / value
-     is X" and "Final: X"; X is a math answer or one word of a closed categorical class ("yes", "even",
+     is X", "Final: X" and an "A: X" line of its own (not a list of choices "A: ... B: ..."); X is a math answer or one word of a closed categorical class ("yes", "even",
      "Monday"; not when a number follows it, where it answers a sub-question), never another prose word ("the
      answer is correct" states nothing);
    * *value statements*: "the sum / total / result / product / difference / value / cost / ... is X",
@@ -55,7 +55,11 @@ Policy: which answer a text gives
    LaTeX spacing (`\\,`, `\\;`, `\\!`, `~`) is layout and is dropped (`\\boxed{12\\,\\%}` is 12%); a
    closed box's single letter is a variable (`\\boxed{a}`), in prose "a" is the article.
    An answer in words is the number it names ("The answer is twenty-one." gives 21, "negative five" -5; "one
-   of them" is no number); a scale word multiplies ("1.5 million" is 1500000); an ordinal ("27th") is its
+   of them" is no number); a scale word multiplies ("1.5 million" is 1500000) and a smaller number after it adds ("12 thousand 500"
+   is 12500); one measure in mixed units ("2 hours and 30 minutes", "5 dollars and 50 cents", "3 feet 4 inches")
+   is one value, right in any unit it names (2.5 or 150; 5.5 or 550), never their sum; a fraction or a dozen in
+   words is its value ("two and a half" 5/2, "two thirds", "a dozen"; "third" alone is an ordinal), and "3 and
+   1/2" a mixed number; "1 in 6" is the probability 1/6; an ordinal ("27th") is its
    number; quotes around an answer are not part of it; a lone number's bracketed remark of words or a
    computation ("27 (3 bags of 9)") is not part of it. A statement that offers a second value in place of
    the first gives NO answer, and the text's last number is not read instead: a hedge ("6, or maybe 7", "6 (or 7)", "6 to 7", "\\boxed{5} or
@@ -70,8 +74,12 @@ Policy: which answer a text gives
    interval) compared whole. A single-value gold never matches a multi-part prediction that merely
    contains it ("3, 5" is wrong for 5), nor the other way round.
 
+An inequality in one variable is the interval it describes ("2 \\le x < 5" is [2, 5), "x > 3" is (3, \\infty),
+"x < 1 or x > 2" the union of two), compared end by end with an interval or another inequality.
+
 Comparison of two single values: a repeating decimal (`0.\\overline{3}`, "0.(3)") is first the exact fraction it
-names; plain numbers exactly as decimals (the common case); anything else by
+names; plain numbers exactly as decimals (the common case; a percentage equals its value over 100 when only one
+side has a percent sign: 0.25 is right for a gold "25\\%"); anything else by
 math-verify with the gold FIRST, `verify(parse(gold), parse(pred))`, both wrapped in `$...$`, and only
 when math-verify's parse consumed the WHOLE candidate (every digit, word and variable of it: a parse
 that reads `2^floor(n/2)` as 2 or "7 apples" as 7 gives no verdict); otherwise, or on any math-verify

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-from flowdpo.grading.number_words import SCALE_AFTER_RE, number_words, scaled
+from flowdpo.grading.number_words import fraction_words, number_words, scaled_from
+from flowdpo.grading.quantities import compound_quantity
 from flowdpo.grading.rules import (
     ARITH_OP_RE,
     CLOCK,
@@ -169,10 +170,12 @@ def _last_top_level_eq(s: str) -> int:
 
 
 _CURRENCY_RE = re.compile(r"^(?:USD|US\$|EUR|GBP|INR|Rs\.?|€|£|¥|₹)\s*(?=[-+]?\d)")
-_MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Za-z][\w\s'-]{0,30})?$")
+_ONE_IN_RE = re.compile(r"(?:an?\s+)?(\d{1,9})\s+in\s+(\d{1,9})(?:\s+(?:chance|odds|probability))?", re.IGNORECASE)
+_MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(?:and\s+)?(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Za-z][\w\s'-]{0,30})?$")
 _WORD_REMARK_RE = re.compile(
     r"\s+\((?:[A-Za-z][A-Za-z'.-]*(?:\s+[A-Za-z][A-Za-z'.-]*){0,3}"  # "7 (seven)", "12 (in total)"
-    r"|\s*\d[\d.,]*(?:\s*[-+*/×÷xX]\s*\d[\d.,]*){1,8}(?:\s*=\s*\d[\d.,]*)?)\s*\)\s*[.!]?$"  # "8 (10 - 2)"
+    r"|\s*\d[\d.,]*(?:\s*[-+*/×÷xX]\s*\d[\d.,]*){1,8}(?:\s*=\s*\d[\d.,]*)?)\s*\)"  # "8 (10 - 2)"
+    r"(?:\s+[A-Za-z][\w'-]*){0,3}\s*[.!]?$"  # and units after it: "18 (eighteen) apples"
 )
 # A lone number (outside math) followed by a remark in brackets that mixes words and numbers or shows the
 # computation: "27 (3 bags of 9 marbles)", "27 [3 x 9]". Not a second value offered in place of the first
@@ -251,9 +254,15 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     prose_remark = None if math_ctx else _PROSE_REMARK_RE.match(s)
     if prose_remark:
         s = prose_remark.group(1)  # "27 (3 bags of 9 marbles)"
+    if (not math_ctx or "\\text" in s or "\\mathrm" in s) and compound_quantity(s) is not None:
+        return s  # "2 hours and 30 minutes", "2 \\text{ h } 30 \\text{ min}": one value in mixed units (compared in each unit)
     s = _SCI_TIMES_X_RE.sub(r"\1 \\times 10^", s)  # "1.8 x 10^3": scientific notation with a letter x
     s = _CURRENCY_RE.sub("", s)  # "USD 12", "Rs. 40", "€5"
     s = _SIGNED_CURRENCY_RE.sub(r"\1", s)  # "-$5" -> -5
+    if not math_ctx:
+        fraction = fraction_words(s)
+        if fraction is not None:
+            return fraction  # "two and a half hours", "a third", "a dozen"
     mixed = _MIXED_RE.match(s)
     if mixed and int(mixed.group(3)) < int(mixed.group(4)):  # "3 1/2" -> 7/2
         sign, whole, num, den = mixed.group(1), *map(int, mixed.group(2, 3, 4))
@@ -269,6 +278,9 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     option = re.fullmatch(r"\(?([A-Z])\)?", s)
     if option:
         return option.group(1)  # a choice: "A", "(C)" (a capital letter alone is not the article "a")
+    chance = _ONE_IN_RE.fullmatch(s)
+    if chance and int(chance.group(2)) > 0:
+        return f"{chance.group(1)}/{chance.group(2)}"  # "1 in 6", "a 1 in 6 chance": a probability
     time = _CLOCK_RE.match(s)
     if time:
         return time.group(1)  # "3:45 PM" -> 3:45 (a time of day is compared as written, without AM/PM)
@@ -288,9 +300,10 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     lead = _leading_number(s, math_ctx)
     if lead is not None and not SIMPLE_VALUE_RE.match(s):
         at = s.find(lead)
-        scale = SCALE_AFTER_RE.match(s, at + len(lead)) if re.fullmatch(r"[-+$€£¥₹\\\s]*", s[: max(at, 0)]) else None
+        prefix_ok = re.fullmatch(r"[-+$€£¥₹\\\s]*", s[: max(at, 0)])
+        scale = scaled_from(lead, s, at + len(lead)) if prefix_ok else None
         if scale:
-            return scaled(lead, scale.group(1)) or lead  # "1.5 million", "3 billion dollars"
+            return scale[0]  # "1.5 million", "3 billion dollars", "12 thousand 500"
         return lead  # "13 apples", "1,234, which is ...", "7 because 3 + 4 = 7"
     if len(s) > MAX_ANSWER_CHARS:
         return None

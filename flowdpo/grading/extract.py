@@ -17,7 +17,7 @@ from flowdpo.grading.candidates import (
     strip_wrappers,
 )
 from flowdpo.grading.notation import plain_notation
-from flowdpo.grading.number_words import SCALE_AFTER_RE, scaled
+from flowdpo.grading.number_words import scaled_from
 from flowdpo.grading.rules import (
     ANSWER_PHRASE_RE,
     ANY_NUMBER_RE,
@@ -124,12 +124,24 @@ def _phrase_statements(text: str) -> list[Statement]:
             continue  # "Is 15 divisible by 4? The answer is no. ... so 4 boxes": a sub-question's answer
         if _states(cand):
             out.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
+    for m in _last(_ANSWER_LABEL_RE.finditer(text)):
+        if _CHOICE_LABEL_RE.search(text, m.end()):
+            continue  # "A: 12\nB: 15": choices listed, not an answer
+        cand = finalize(m.group(1))
+        if _valid(cand) and not _prose_with_number(cand):  # type: ignore[arg-type]
+            out.append(Statement(m.start(), m.end(), cand))  # type: ignore[arg-type]
     for m in _last(REVERSE_ANSWER_RE.finditer(text)):
         cand = finalize(m.group(1))
         if _valid(cand):
             out.append(Statement(m.start(), m.end(), cand))  # type: ignore[arg-type]
     out.sort(key=lambda s: (s.end, s.start))
     return out
+
+
+# "A: 18" on a line of its own (a question-and-answer layout): an answer label, like "Answer: 18". A line that
+# goes on after the value ("A: 16 - 3 = 13 eggs. She sells ...") is the start of a solution, not an answer.
+_ANSWER_LABEL_RE = re.compile(r"^[ \t]*(?:\*\*|__)?A(?:\*\*|__)?[ \t]*:[ \t]*(\S[^\n]{0,39}?)[ \t]*$", re.MULTILINE)
+_CHOICE_LABEL_RE = re.compile(r"^[ \t]*(?:\*\*|__)?\(?B\)?(?:\*\*|__)?[ \t]*[:.)]", re.MULTILINE)
 
 
 def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
@@ -228,10 +240,20 @@ def _last_number(text: str) -> str | None:
         value = "-" + value
     elif before.endswith(("+", "*", "/", "×", "÷", "^")) or re.search(r"\\(?:times|cdot|div)$", before):
         return None
-    scale = SCALE_AFTER_RE.match(t, m.end())
-    if scale:
-        return scaled(value, scale.group(1)) or value  # "... earned 1.5 million"
-    return value
+    head = _SCALED_HEAD_RE.search(t, max(0, m.start() - 80), m.start())
+    if head:  # "... earned 12 thousand 500": the last number ends a scaled one
+        whole = scaled_from(head.group(1), t, head.start(1) + len(head.group(1)))
+        if whole is not None and whole[1] == m.end():
+            return whole[0]
+    scale = scaled_from(value, t, m.end())
+    return scale[0] if scale else value  # "... earned 1.5 million"
+
+
+# A number and its scale word before the last number ("12 thousand 500", "2 million 300 thousand 5").
+_SCALED_HEAD_RE = re.compile(
+    r"(?<![\d.,])(\d+(?:\.\d+)?)\s+(?:(?:hundred|thousand|million|billion|trillion)\s+(?:and\s+)?(?:\d{1,3}\s+)?)+$",
+    re.IGNORECASE,
+)
 
 
 _TRAILING_ASSIGNMENTS_RE = re.compile(

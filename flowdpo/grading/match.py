@@ -9,6 +9,7 @@ from fractions import Fraction
 
 from flowdpo.grading.candidates import LHS_RE, expand_parts, finalize, split_parts, strip_wrappers
 from flowdpo.grading.notation import plain_notation
+from flowdpo.grading.quantities import INFINITY, Interval, as_intervals, compound_quantity
 from flowdpo.grading.rules import (
     CLOCK_RE,
     E_NOTATION_RE,
@@ -78,6 +79,10 @@ def _as_decimal(s: str) -> Decimal | None:
         return value.scaleb(exponent) if sci else value
     except InvalidOperation:
         return None
+
+
+def _is_percent(s: str) -> bool:
+    return strip_wrappers(s).rstrip().endswith("%")
 
 
 def _normalize(s: str) -> str:
@@ -227,15 +232,65 @@ def _repeating_as_fraction(s: str) -> str:
     return f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator)
 
 
+def _compound_match(gold: str, pred: str) -> bool | None:
+    """A compound quantity ("2 hours and 30 minutes") equals a plain number in any unit it names (2.5 or 150)
+    and another compound quantity of the same measure and total. None when neither side is one."""
+    g, p = compound_quantity(strip_wrappers(gold)), compound_quantity(strip_wrappers(pred))
+    if g is None and p is None:
+        return None
+    if g is not None and p is not None:
+        return g.measure == p.measure and g.total == p.total
+    compound, plain = (g, pred) if g is not None else (p, gold)
+    value = _as_decimal(plain)
+    return value is not None and Fraction(value) in compound.values  # type: ignore[union-attr]
+
+
+def _interval_match(gold: str, pred: str) -> bool | None:
+    """An inequality in one variable and an interval (or another inequality) name the same set: "2 \\le x < 5"
+    is [2, 5), "x < 1 or x > 2" is (-\\infty, 1) \\cup (2, \\infty). None unless one side is an inequality and
+    both are unions of intervals (two bracketed pairs are tuples or intervals, compared elsewhere)."""
+    g, p = as_intervals(strip_wrappers(gold)), as_intervals(strip_wrappers(pred))
+    if g is None or p is None or not (g[1] or p[1]) or len(g[0]) != len(p[0]):
+        return None
+
+    def same(a: Interval, b: Interval) -> bool:
+        return a[1] == b[1] and a[3] == b[3] and _same_end(a[0], b[0]) and _same_end(a[2], b[2])
+
+    left = list(p[0])
+    for piece in g[0]:
+        hit = next((i for i, q in enumerate(left) if same(piece, q)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def _same_end(a: str, b: str) -> bool:
+    if INFINITY in (a.lstrip("-"), b.lstrip("-")):
+        return a == b
+    return _single_match(a, b)
+
+
 def _single_match(gold: str, pred: str) -> bool:
+    interval = _interval_match(gold, pred)
+    if interval is not None:
+        return interval
     gold, pred = _strip_lhs(gold), _strip_lhs(pred)
+    compound = _compound_match(gold, pred)
+    if compound is not None:
+        return compound
     gold, pred = _repeating_as_fraction(gold), _repeating_as_fraction(pred)
     colon = _colon_match(gold, pred)
     if colon is not None:
         return colon
     gd, pd = _as_decimal(gold), _as_decimal(pred)
     if gd is not None and pd is not None:
-        return gd == pd
+        if gd == pd:
+            return True
+        g_pct, p_pct = _is_percent(gold), _is_percent(pred)
+        if g_pct != p_pct:  # "25%" and 0.25 name one number; "25%" and 25 are equal above
+            return (gd / 100 == pd) if g_pct else (pd / 100 == gd)
+        return False
     verdict = _math_verify(gold, pred)
     if verdict:
         return True
@@ -248,6 +303,11 @@ def answers_match(gold: str, pred: str) -> bool:
         # the gold is read like a candidate: "2 inequalities" -> 2, "x = 5" -> 5 (lists kept whole)
         gold, pred = plain_notation(gold), plain_notation(pred)
         gold = finalize(gold, math_ctx=True) or gold
+        # before the split into parts: "x < 1 or x > 2" is one set, "5 dollars and 50 cents" one value
+        whole = _interval_match(gold, pred)
+        whole = _compound_match(gold, pred) if whole is None else whole
+        if whole is not None:
+            return whole
         g_parts, p_parts = _parts_of(gold), _parts_of(pred)
         if len(g_parts) > 1 or len(p_parts) > 1:
             if _match_multi(g_parts, p_parts):

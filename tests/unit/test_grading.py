@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 
 import pytest
 
 from flowdpo.grading import Grade, answers_match, extract_answer, grade
+from flowdpo.grading.quantities import as_intervals, compound_quantity
 
 # (model text, gold, expected correct, expected extracted)
 CASES = [
@@ -590,7 +592,69 @@ RATES_AND_CURRENCY = [
     ("The answer is $5!", "5", True, "5"),
     ("The answer is $5!$", "120", True, "5!"),
 ]
-NEW_CASES += SCALE_WORDS + RATES_AND_CURRENCY
+# One measure in mixed units is one value, right in any unit it names ("2 hours and 30 minutes" is 2.5 hours
+# and 150 minutes, never 32); units of two measures, or out of order, are not one quantity.
+COMPOUND_QUANTITIES = [
+    ("The answer is 5 dollars and 50 cents.", "5.50", True, "5 dollars and 50 cents"),
+    ("The answer is 5 dollars and 50 cents.", "550", True, "5 dollars and 50 cents"),
+    ("The answer is 5 dollars and 50 cents.", "55", False, "5 dollars and 50 cents"),
+    ("The answer is $5 and 50 cents.", "5.5", True, "5 and 50 cents"),
+    ("So the total time is 2 hours and 30 minutes.", "150", True, "2 hours and 30 minutes"),
+    ("So the total time is 2 hours and 30 minutes.", "2.5", True, "2 hours and 30 minutes"),
+    ("So the total time is 2 hours and 30 minutes.", "32", False, "2 hours and 30 minutes"),
+    ("The answer is 3 feet 4 inches.", "40", True, "3 feet 4 inches"),
+    ("The answer is 1 h 15 min.", "75", True, "1 h 15 min"),
+    ("The answer is 1 pound 4 ounces in total.", "20", True, "1 pound 4 ounces in total"),
+    ("\\boxed{2 \\text{ hours } 30 \\text{ minutes}}", "150", True, "2 \\text{ hours } 30 \\text{ minutes}"),
+    ("The answer is 30 minutes 2 hours.", "150", False, "30"),
+    ("The answer is 2 hours and 5 dollars.", "7", False, "2 hours and 5 dollars"),
+]
+# A smaller number after a scaled one adds to it, marked or not; a second clause does not.
+SCALED_SUMS = [
+    ("The answer is 12 thousand 500.", "12500", True, "12500"),
+    ("It cost 2 million 300 thousand 5", "2300005", True, "2300005"),
+    ("She earned 12 thousand 500", "12500", True, "12500"),
+    ("There were 20 thousand people and 5", "5", True, "5"),
+]
+# "A: 18" on a line of its own is an answer label; a line that goes on is the start of a solution, and a
+# "B:" line after it makes the lines a list of choices.
+ANSWER_LABELS = [
+    ("A: 18", "18", True, "18"),
+    ("Q: How many are left?\nA: 18.", "18", True, "18"),
+    ("A: 16 - 3 = 13 eggs. She sells them for 2 dollars each, so she makes 13 * 2 = 26 dollars.", "26", True, "26"),
+    ("A: 12\nB: 15\nC: 18", "12", False, "18"),
+]
+# An inequality in one variable is the interval it describes, and "or" joins intervals into a union.
+INEQUALITIES = [
+    ("The solution is $2 \\le x < 5$.", "[2,5)", True, "2 \\le x < 5"),
+    ("The solution is $2 \\le x < 5$.", "(2,5)", False, "2 \\le x < 5"),
+    ("\\boxed{x > 3}", "(3, \\infty)", True, "x > 3"),
+    ("\\boxed{3 < x}", "(3, \\infty)", True, "3 < x"),
+    ("\\boxed{x \\geq -\\frac{1}{2}}", "[-0.5, \\infty)", True, "x \\geq -\\frac{1}{2}"),
+    ("\\boxed{[2, 5)}", "2 \\leq x < 5", True, "[2, 5)"),
+    ("\\boxed{x < 1 \\text{ or } x > 2}", "(-\\infty,1)\\cup(2,\\infty)", True, "x < 1 \\text{ or } x > 2"),
+    ("\\boxed{x < 1 \\text{ or } x > 2}", "(-\\infty,1)\\cup(3,\\infty)", False, "x < 1 \\text{ or } x > 2"),
+    ("\\boxed{x < 1 \\text{ or } y > 2}", "(-\\infty,1)\\cup(2,\\infty)", False, "x < 1 \\text{ or } y > 2"),
+]
+# Fractions and dozens in words are their values ("third" alone is an ordinal, "half of them" no value); a
+# whole number "and" a fraction is a mixed number; a remark in words may stand before the unit; "1 in 6" is a
+# probability; a percentage is its value over 100 when the other side has no percent sign.
+WORDS_AND_PERCENT = [
+    ("The answer is two and a half hours.", "2.5", True, "5/2"),
+    ("The answer is 3 and a half.", "3.5", True, "7/2"),
+    ("The answer is 3 and 1/2.", "3.5", True, "7/2"),
+    ("The answer is two thirds.", "\\frac{2}{3}", True, "2/3"),
+    ("The answer is a dozen.", "12", True, "12"),
+    ("The answer is half.", "0.5", True, "1/2"),
+    ("The answer is half of them.", "0.5", False, None),
+    ("The answer is 18 (eighteen) apples.", "18", True, "18"),
+    ("The probability is 1 in 6.", "\\frac{1}{6}", True, "1/6"),
+    ("The answer is 0.25.", "25\\%", True, "0.25"),
+    ("The answer is 0.25.", "25", False, "0.25"),
+    ("The answer is 2.5.", "25\\%", False, "2.5"),
+]
+NEW_CASES += WORDS_AND_PERCENT
+NEW_CASES += SCALE_WORDS + RATES_AND_CURRENCY + COMPOUND_QUANTITIES + SCALED_SUMS + ANSWER_LABELS + INEQUALITIES
 
 
 @pytest.mark.parametrize(("text", "gold", "correct", "extracted"), CASES + NEW_CASES)
@@ -717,3 +781,41 @@ def test_pathological_inputs_in_a_thread() -> None:
 
 def test_long_answer_near_the_end_is_still_read() -> None:
     assert grade("blah " * 10_000 + "The answer is 42.", "42") == Grade(True, "42")
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("2 hours and 30 minutes", {Fraction(5, 2), Fraction(150)}),
+        ("3 weeks, 2 days", {Fraction(23, 7), Fraction(23)}),
+        ("1 km 250 m", {Fraction(5, 4), Fraction(1250)}),
+        ("2 \\text{ h } 30 \\text{ min}", {Fraction(5, 2), Fraction(150)}),
+        ("2 hours", None),  # one piece: a number with its unit
+        ("2 hours 3 hours", None),  # a unit twice
+        ("30 minutes 2 hours", None),  # smaller unit first
+        ("2 kg 300 m", None),  # two measures
+        ("3 apples and 4 oranges", None),
+        ("2 hours and 30 minutes because 150 / 60 = 2.5", None),  # prose after the quantity
+    ],
+)
+def test_compound_quantities(text: str, values: set[Fraction] | None) -> None:
+    found = compound_quantity(text)
+    assert (found.values if found else None) == values
+
+
+@pytest.mark.parametrize(
+    ("text", "intervals"),
+    [
+        ("2 \\le x < 5", ([("2", True, "5", False)], True)),
+        ("5 > x \\geq 2", ([("2", True, "5", False)], True)),
+        ("x < 1 or x > 2", ([("-oo", False, "1", False), ("2", False, "oo", False)], True)),
+        ("\\left[2, \\infty\\right]", ([("2", True, "oo", False)], False)),  # an infinite end is open
+        ("x < 1 or y > 2", None),  # two variables
+        ("2x < 4", None),  # not a bound on a variable
+        ("2 < x > 5", None),  # a chain that turns
+        ("(1, 2, 3)", None),  # a triple
+        ("x = 5", None),
+    ],
+)
+def test_intervals(text: str, intervals: tuple | None) -> None:
+    assert as_intervals(text) == intervals
