@@ -38,8 +38,6 @@ def answer_questions(
     """One answer per entry of `examples` (one pass of the model; `adapter` None: the base model), from `seed`.
     `block`: answer that many entries per call, saving `checkpoint` after each, so that an interrupted row
     resumes at its next block with the random state it had there (the same answers as without the interruption)."""
-    import random
-
     import torch
 
     torch.manual_seed(seed)
@@ -60,7 +58,7 @@ def answer_questions(
             ended = any(t in prompts.eos_ids for t in ids)
             rows.append(graded_outcome(ex, text, tokens=len(ids), endReason="eos" if ended else "length"))
         if checkpoint is not None:
-            checkpoint.save(rows, start + step, torch.get_rng_state(), random.Random(0).getstate())
+            checkpoint.save(rows, start + step, torch.get_rng_state())
     return rows
 
 
@@ -92,6 +90,8 @@ def answer_with_flow(
     out: list[dict] = []
     first = 0
     restored = checkpoint.load() if checkpoint is not None else None
+    if restored is not None and restored[3] is None:
+        restored = None  # a flow row's checkpoint holds both random states; without one, answer from the start
     if restored is not None:  # the blocks answered before an interruption, and the random state after them
         out, first, torch_state, rng_state = restored
         torch.set_rng_state(torch_state)
@@ -170,7 +170,7 @@ class RowCheckpoint:
         self.store, self.key, self.fingerprint = store, key, fingerprint
 
     def load(self):
-        """(answers, next question index, torch RNG state, Python RNG state), or None."""
+        """(answers, next question index, torch RNG state, Python RNG state or None), or None."""
         import base64
 
         import torch
@@ -182,15 +182,17 @@ class RowCheckpoint:
             torch_state = torch.frombuffer(
                 bytearray(base64.b64decode(blob["torchRng"])), dtype=torch.uint8
             ).clone()
-            version, internal, gauss = blob["pythonRng"]
-            return blob["answers"], int(blob["next"]), torch_state, (version, tuple(internal), gauss)
+            python_state = None
+            if blob["pythonRng"] is not None:  # a one-pass row draws from torch only
+                version, internal, gauss = blob["pythonRng"]
+                python_state = (version, tuple(internal), gauss)
+            return blob["answers"], int(blob["next"]), torch_state, python_state
         except (KeyError, TypeError, ValueError):
             return None  # damaged: answer the row again from its start
 
-    def save(self, answers: list[dict], next_index: int, torch_state, rng_state) -> None:
+    def save(self, answers: list[dict], next_index: int, torch_state, rng_state=None) -> None:
         import base64
 
-        version, internal, gauss = rng_state
         self.store.put_json(
             self.key,
             {
@@ -198,7 +200,7 @@ class RowCheckpoint:
                 "next": next_index,
                 "answers": answers,
                 "torchRng": base64.b64encode(torch_state.numpy().tobytes()).decode(),
-                "pythonRng": [version, list(internal), gauss],
+                "pythonRng": None if rng_state is None else [rng_state[0], list(rng_state[1]), rng_state[2]],
             },
         )
 
