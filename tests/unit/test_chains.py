@@ -125,7 +125,9 @@ LONG = {"": ["a"], "a": ["b"], "ab": ["c"]}
 
 
 def test_at_most_in_flight_requests_and_refilled_as_soon_as_one_returns():
-    prompts, backend, flow = make(LONG, lambda t: 0.3, delay=0.01)
+    # Each request takes 50 ms: long beside the scheduler's refill latency on a loaded machine (at 10 ms, two
+    # training processes beside the test held the mean down to 6.2).
+    prompts, backend, flow = make(LONG, lambda t: 0.3, delay=0.05)
     out, source = collect(_many(12))
     run_chains(source, backend, prompts, flow, BaselinesSpec(untrained_flow=True, zero_shot=True), in_flight=8)
     assert len(out) == 12 and backend.pins == 0
