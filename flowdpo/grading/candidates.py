@@ -69,7 +69,7 @@ _QUOTED_RE = re.compile(r"^[\"“‘'](.+)[\"”’']$", re.DOTALL)
 _LATEX_THOUSANDS_RE = re.compile(r"(?<=\d)(?:\\,|\\ |\\;|\{,\})(?=\d{3}(?!\d))")
 # LaTeX spacing elsewhere is only layout: thin / medium / thick / negative space, a control space, a tie.
 # (\quad and \qquad stay: they separate the parts of a multi-part answer.)
-_LATEX_SPACE_RE = re.compile(r"\\[,:;!>]|\\ |~")
+_LATEX_SPACE_RE = re.compile(r"(?<!\\)\\[,:;!> ]|~")  # not a matrix row break (two backslashes)
 _VALUE_IN_TEXT_RE = re.compile(r"^\\(?:text|textbf|textrm|mathbf|mathrm|boldsymbol|mbox)\{([-+]?\d[^{}]*)\}$")
 
 

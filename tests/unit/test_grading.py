@@ -654,6 +654,13 @@ WORDS_AND_PERCENT = [
     ("The answer is 2.5.", "25\\%", False, "2.5"),
 ]
 NEW_CASES += WORDS_AND_PERCENT
+# A matrix's row break "\\\\" is structure, not LaTeX spacing (a control space "\\ " is).
+MATRICES = [
+    ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True, "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    ("\\boxed{\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False, "\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}"),
+    ("\\boxed{12\\ \\text{cm}}", "12", True, "12"),
+]
+NEW_CASES += MATRICES
 NEW_CASES += SCALE_WORDS + RATES_AND_CURRENCY + COMPOUND_QUANTITIES + SCALED_SUMS + ANSWER_LABELS + INEQUALITIES
 
 
