@@ -26,6 +26,10 @@ Policy: which answer a text gives
    of 25 and 17 is 42. Now 42 - 8 = 34."), so the last one counts only when no computation ("=",
    "42 - 8") and no new value assertion ("..., which is 14") follows it, and only in a finished text;
    otherwise the unmarked rules (3.) apply.
+   A new question after an answer statement ("Question: ...", "Q: ...", "Problem 2:" at a line's start) starts a
+   continuation past the answer, as a model imitating a few-shot prompt writes; only the text before it is read.
+   A value statement's noun phrase may hold a copula of its own: "The remainder when 17 is divided by 5 is 2"
+   gives 2. "about 5", "approximately 3.33" state 5 and 3.33.
 2. **Corrections and retractions.** After the chosen statement, a *hard* correction cue ("that is
    wrong / incorrect / not right", "I made a mistake / an error", "my mistake", "oops", "sorry",
    "correction", "let me recalculate / redo / correct", "miscalculated") replaces the answer by whatever the text after the cue answers, under these same

@@ -169,6 +169,9 @@ def _last_top_level_eq(s: str) -> int:
     return found
 
 
+_APPROXIMATELY_RE = re.compile(
+    r"^(?:about|approximately|approx\.?|around|roughly|circa|≈|\\approx)\s*(?=[-+$€£¥₹\\]?\s*\.?\d)", re.IGNORECASE
+)
 _CURRENCY_RE = re.compile(r"^(?:USD|US\$|EUR|GBP|INR|Rs\.?|€|£|¥|₹)\s*(?=[-+]?\d)")
 _ONE_IN_RE = re.compile(r"(?:an?\s+)?(\d{1,9})\s+in\s+(\d{1,9})(?:\s+(?:chance|odds|probability))?", re.IGNORECASE)
 _MIXED_RE = re.compile(r"^([-+]?)(\d{1,9})\s+(?:and\s+)?(\d{1,9})\s*/\s*(\d{1,9})(?:\s+[A-Za-z][\w\s'-]{0,30})?$")
@@ -257,6 +260,7 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     if (not math_ctx or "\\text" in s or "\\mathrm" in s) and compound_quantity(s) is not None:
         return s  # "2 hours and 30 minutes", "2 \\text{ h } 30 \\text{ min}": one value in mixed units (compared in each unit)
     s = _SCI_TIMES_X_RE.sub(r"\1 \\times 10^", s)  # "1.8 x 10^3": scientific notation with a letter x
+    s = _APPROXIMATELY_RE.sub("", s)  # "about 5", "approximately 3.33": the value stated is 5, 3.33
     s = _CURRENCY_RE.sub("", s)  # "USD 12", "Rs. 40", "€5"
     s = _SIGNED_CURRENCY_RE.sub(r"\1", s)  # "-$5" -> -5
     if not math_ctx:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -170,12 +171,27 @@ def _conclusion(text: str, pos: int) -> tuple[str, int] | None:
     return cand, pos + stop  # type: ignore[return-value]
 
 
+_INNER_COPULA_RE = re.compile(r"\b(?:is|are|was|were|equals|is equal to)\s+")
+
+
+def _after_inner_copula(cand: str) -> str | None:
+    """A value statement's candidate that is itself prose with a copula ("divided by 5 is 2", after "The
+    remainder when 17 is"): the value after its last copula, if that is an answer."""
+    inner = list(_INNER_COPULA_RE.finditer(cand))
+    if not inner:
+        return cand
+    value = finalize(cand[inner[-1].end() :])
+    return value if _valid(value) and not _prose_with_number(value) else cand  # type: ignore[arg-type]
+
+
 def _value_statement(text: str) -> Statement | None:
     """The last value statement or conclusion sentence ("the sum is 8", "Therefore, 13."), if no
     computation follows it (then it was a step of the computation, not its result)."""
     found: list[Statement] = []
     for m in _last(VALUE_STATEMENT_RE.finditer(text)):
         cand, end = _candidate_after(text, m.end())
+        if cand and _prose_with_number(cand):
+            cand = _after_inner_copula(cand)  # "The remainder when 17 is divided by 5 is 2": the last "is"
         if _states(cand):
             found.append(Statement(m.start(), end, cand))  # type: ignore[arg-type]
     for m in _last(CONCLUSION_START_RE.finditer(text)):
@@ -400,6 +416,21 @@ def _extract(text: str, depth: int = 0) -> str | None:
     return _unmarked(text)
 
 
+# A line that starts a new question ("Question: ...", "Q: ...", "Problem 2:"), as a model writes when it goes on
+# past its answer imitating a few-shot prompt.
+_NEW_QUESTION_RE = re.compile(r"^[ \t#*]*(?:question|q|problem)(?:\s*\d+)?\s*[:.]", re.IGNORECASE | re.MULTILINE)
+
+
+def _before_a_new_question(text: str) -> str:
+    """The text before a new question that follows an answer statement (the answer to ITS question is not the
+    answer); the whole text when no such question follows one."""
+    for m in itertools.islice(_NEW_QUESTION_RE.finditer(text), LAST_MARKERS):
+        head = text[: m.start()]
+        if head.strip() and (_boxed_statements(head) or _hash_statements(head) or _phrase_statements(head)):
+            return head
+    return text
+
+
 def extract_answer(text: str) -> str | None:
     """The final answer in a model's text, or None if it has none (policy: the module docstring)."""
     if not isinstance(text, str) or not text.strip():
@@ -407,7 +438,7 @@ def extract_answer(text: str) -> str | None:
     text = plain_notation(text[-MAX_TEXT_CHARS:])  # "5²", "3½", "√2", "１８", "<b>18</b>", a unicode minus
     text = CALCULATOR_RE.sub("", text)  # GSM8K calculator annotations "<<48/2=24>>" are not text
     try:
-        return _extract(text) or None  # NO_SINGLE_ANSWER is no answer
+        return _extract(_before_a_new_question(text)) or None  # NO_SINGLE_ANSWER is no answer
     except UnclosedBox:
         return None
 

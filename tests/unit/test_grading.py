@@ -661,6 +661,18 @@ MATRICES = [
     ("\\boxed{12\\ \\text{cm}}", "12", True, "12"),
 ]
 NEW_CASES += MATRICES
+# A value statement's noun phrase may hold a copula of its own (the value follows the last one); a new question
+# after an answer statement is a continuation past the answer, whose answers are not this text's; "about 5"
+# states 5.
+CONTINUATIONS = [
+    ("The remainder when 17 is divided by 5 is 2.", "2", True, "2"),
+    ("The answer is 42.\n\nQuestion: What is 2+2?\nAnswer: 4", "42", True, "42"),
+    ("Question: What is 6 * 7?\nThe answer is 42.", "42", True, "42"),
+    ("6 * 7 = 42\nQ: What is 2+2?\nA: 4", "4", True, "4"),  # no answer statement before the new question
+    ("The answer is about 5.", "5", True, "5"),
+    ("The answer is approximately 3.33.", "10/3", False, "3.33"),
+]
+NEW_CASES += CONTINUATIONS
 NEW_CASES += SCALE_WORDS + RATES_AND_CURRENCY + COMPOUND_QUANTITIES + SCALED_SUMS + ANSWER_LABELS + INEQUALITIES
 
 
