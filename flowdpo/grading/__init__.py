@@ -61,7 +61,8 @@ Policy: which answer a text gives
    An answer in words is the number it names ("The answer is twenty-one." gives 21, "negative five" -5; "one
    of them" is no number); a scale word multiplies ("1.5 million" is 1500000) and a smaller number after it adds ("12 thousand 500"
    is 12500); one measure in mixed units ("2 hours and 30 minutes", "5 dollars and 50 cents", "3 feet 4 inches")
-   is one value, right in any unit it names (2.5 or 150; 5.5 or 550), never their sum; a fraction or a dozen in
+   is one value, right in any unit it names (2.5 or 150; 5.5 or 550), never their sum, and the same quantity
+   stated again in other units is one answer ("3.5 hours, or 3 hours and 30 minutes" gives 3.5); a fraction or a dozen in
    words is its value ("two and a half" 5/2, "two thirds", "a dozen"; "third" alone is an ordinal), and "3 and
    1/2" a mixed number; "1 in 6" is the probability 1/6; an ordinal ("27th") is its
    number; quotes around an answer are not part of it; a lone number's bracketed remark of words or a

@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
 from flowdpo.grading.number_words import fraction_words, number_words, scaled_from
-from flowdpo.grading.quantities import compound_quantity
+from flowdpo.grading.quantities import compound_quantity, restated_quantity
 from flowdpo.grading.rules import (
     ARITH_OP_RE,
     CLOCK,
@@ -257,6 +257,9 @@ def finalize(candidate: str, math_ctx: bool = False) -> str | None:
     prose_remark = None if math_ctx else _PROSE_REMARK_RE.match(s)
     if prose_remark:
         s = prose_remark.group(1)  # "27 (3 bags of 9 marbles)"
+    restated = None if math_ctx else restated_quantity(s)
+    if restated is not None:
+        return finalize(restated)  # "3.5 hours, or 3 hours and 30 minutes": one quantity in two units
     if (not math_ctx or "\\text" in s or "\\mathrm" in s) and compound_quantity(s) is not None:
         return s  # "2 hours and 30 minutes", "2 \\text{ h } 30 \\text{ min}": one value in mixed units (compared in each unit)
     s = _SCI_TIMES_X_RE.sub(r"\1 \\times 10^", s)  # "1.8 x 10^3": scientific notation with a letter x

@@ -195,3 +195,33 @@ def as_intervals(s: str) -> tuple[list[Interval], bool] | None:
     if len(variables) > 1:
         return None
     return out, inequality
+
+
+_SINGLE_RE = re.compile(rf"^\s*(?:\$\s*(?P<dollars>{_AMOUNT})|(?P<amount>{_AMOUNT})\s*(?P<unit>{_UNIT_NAMES}))\s*\.?\s*$")
+# Between one quantity and the same one in other units: "3.5 hours, or 3 hours and 30 minutes", "90 minutes
+# (1.5 hours)", "90 minutes, i.e. 1.5 hours".
+_RESTATEMENT_RE = re.compile(r"\s*(?:,\s*or\s+|\s+or\s+|,?\s*\(\s*(?:or\s+|i\.e\.,?\s+)?|,\s*(?:i\.e\.|that is),?\s+)")
+
+
+def measured(s: str) -> tuple[str, Fraction] | None:
+    """(measure, amount in its smallest unit) of "3.5 hours", "$5", or a compound quantity; None otherwise."""
+    compound = compound_quantity(s)
+    if compound is not None:
+        return compound.measure, compound.total
+    m = _SINGLE_RE.match(re.sub(r"\s+", " ", _UNIT_IN_TEXT_RE.sub(r" \1 ", s)))
+    if m is None:
+        return None
+    amount, unit = (m.group("dollars"), "dollars") if m.group("dollars") is not None else (m.group("amount"), m.group("unit"))
+    measure, size = _UNITS[unit]
+    return measure, Fraction(Decimal(amount)) * size
+
+
+def restated_quantity(s: str) -> str | None:
+    """The first of two statements of one quantity in different units ("3.5 hours, or 3 hours and 30 minutes"
+    -> "3.5 hours"), else None (two different quantities are not one answer)."""
+    m = _RESTATEMENT_RE.search(s)
+    if m is None:
+        return None
+    first, second = s[: m.start()], s[m.end() :].rstrip(" .)")
+    a, b = measured(first), measured(second)
+    return first if a is not None and a == b else None

@@ -608,6 +608,10 @@ COMPOUND_QUANTITIES = [
     ("\\boxed{2 \\text{ hours } 30 \\text{ minutes}}", "150", True, "2 \\text{ hours } 30 \\text{ minutes}"),
     ("The answer is 30 minutes 2 hours.", "150", False, "30"),
     ("The answer is 2 hours and 5 dollars.", "7", False, "2 hours and 5 dollars"),
+    # one quantity stated twice in other units is one answer; two different quantities are not
+    ("The answer is 3.5 hours, or 3 hours and 30 minutes.", "3.5", True, "3.5"),
+    ("The answer is 90 minutes, i.e. 1.5 hours.", "90", True, "90"),
+    ("The answer is 90 minutes, or 2 hours.", "90", False, "90 minutes, or 2 hours"),
 ]
 # A smaller number after a scaled one adds to it, marked or not; a second clause does not.
 SCALED_SUMS = [
