@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 
 # ----------------------------------------------------------------------------------------------------
@@ -19,8 +19,7 @@ from fractions import Fraction
 
 # Each unit's size in the smallest unit of its measure (seconds, cents, inches, ounces, millimetres, grams,
 # millilitres). Only units of one measure combine.
-_UNITS: dict[str, tuple[str, int]] = {}
-for _measure, _table in {
+_MEASURES: dict[str, dict[tuple[str, ...], int]] = {
     "time": {
         ("week", "weeks", "wk", "wks"): 604_800,
         ("day", "days"): 86_400,
@@ -50,10 +49,10 @@ for _measure, _table in {
         ("liter", "liters", "litre", "litres", "l", "L"): 1_000,
         ("milliliter", "milliliters", "millilitre", "millilitres", "ml", "mL"): 1,
     },
-}.items():
-    for _names, _size in _table.items():
-        for _name in _names:
-            _UNITS[_name] = (_measure, _size)
+}
+_UNITS: dict[str, tuple[str, int]] = {
+    name: (measure, size) for measure, table in _MEASURES.items() for names, size in table.items() for name in names
+}
 
 _AMOUNT = r"\d+(?:\.\d+)?"
 _UNIT_NAMES = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
@@ -77,26 +76,29 @@ _UNIT_IN_TEXT_RE = re.compile(r"\\(?:text|mathrm|textrm|mbox)\s*\{\s*([A-Za-z ,]
 _DOLLARS_AND_CENTS_RE = re.compile(rf"^\s*(?:\$\s*)?({_AMOUNT})\s+and\s+(?=\d+\s*cents?\b)")
 
 
+def _units_in_text(s: str) -> str:
+    """`s` with units written in LaTeX text as plain words: "2 \\text{ hours } 30 \\text{ min}" -> "2 hours 30 min"."""
+    return re.sub(r"\s+", " ", _UNIT_IN_TEXT_RE.sub(r" \1 ", s)).strip()
+
+
+def _piece(m: re.Match[str]) -> tuple[Fraction, str, int]:
+    """(amount, measure, unit size) of a `_PIECE` match ("$5" is 5 dollars)."""
+    amount, unit = (m.group("dollars"), "dollars") if m.group("dollars") is not None else m.group("amount", "unit")
+    measure, size = _UNITS[unit]
+    return Fraction(Decimal(amount)), measure, size
+
+
 def compound_quantity(s: str) -> Compound | None:
     """A compound quantity ("2 hours 30 minutes": time, 9000 s, values {5/2, 150}), or None when `s` is not
     one: at least two pieces of one measure, larger units first, each unit once."""
     pieces: list[tuple[Fraction, str, int]] = []
     pos = 0
-    text = re.sub(r"\s+", " ", _UNIT_IN_TEXT_RE.sub(r" \1 ", s)).strip()  # "2 \text{ hours } 30 \text{ min}"
-    text = _DOLLARS_AND_CENTS_RE.sub(r"\1 dollars and ", text)
+    text = _DOLLARS_AND_CENTS_RE.sub(r"\1 dollars and ", _units_in_text(s))
     while True:
         m = _PIECE_RE.match(text, pos)
         if m is None:
             break
-        if m.group("dollars") is not None:
-            amount, unit = m.group("dollars"), "dollars"
-        else:
-            amount, unit = m.group("amount"), m.group("unit")
-        measure, size = _UNITS[unit]
-        try:
-            pieces.append((Fraction(Decimal(amount)), measure, size))
-        except InvalidOperation:
-            return None
+        pieces.append(_piece(m))
         pos = m.end()
         joiner = _JOINER_RE.match(text, pos)
         if joiner is None or not _PIECE_RE.match(text, joiner.end()):
@@ -197,7 +199,7 @@ def as_intervals(s: str) -> tuple[list[Interval], bool] | None:
     return out, inequality
 
 
-_SINGLE_RE = re.compile(rf"^\s*(?:\$\s*(?P<dollars>{_AMOUNT})|(?P<amount>{_AMOUNT})\s*(?P<unit>{_UNIT_NAMES}))\s*\.?\s*$")
+_SINGLE_RE = re.compile(rf"^\s*{_PIECE}\s*\.?\s*$")
 # Between one quantity and the same one in other units: "3.5 hours, or 3 hours and 30 minutes", "90 minutes
 # (1.5 hours)", "90 minutes, i.e. 1.5 hours".
 _RESTATEMENT_RE = re.compile(r"\s*(?:,\s*or\s+|\s+or\s+|,?\s*\(\s*(?:or\s+|i\.e\.,?\s+)?|,\s*(?:i\.e\.|that is),?\s+)")
@@ -208,12 +210,11 @@ def measured(s: str) -> tuple[str, Fraction] | None:
     compound = compound_quantity(s)
     if compound is not None:
         return compound.measure, compound.total
-    m = _SINGLE_RE.match(re.sub(r"\s+", " ", _UNIT_IN_TEXT_RE.sub(r" \1 ", s)))
+    m = _SINGLE_RE.match(_units_in_text(s))
     if m is None:
         return None
-    amount, unit = (m.group("dollars"), "dollars") if m.group("dollars") is not None else (m.group("amount"), m.group("unit"))
-    measure, size = _UNITS[unit]
-    return measure, Fraction(Decimal(amount)) * size
+    amount, measure, size = _piece(m)
+    return measure, amount * size
 
 
 def restated_quantity(s: str) -> str | None:
