@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from flowdpo.data import Example
 from flowdpo.grading import grade
+from flowdpo.storage import CorruptObjectError
+
+log = logging.getLogger(__name__)
 
 
 def graded_outcome(ex: Example, text: str, **extra: Any) -> dict:
@@ -175,7 +179,11 @@ class RowCheckpoint:
 
         import torch
 
-        blob = self.store.get_json_or(self.key)
+        try:
+            blob = self.store.get_json_or(self.key)
+        except CorruptObjectError as e:
+            log.warning("%s; the row is answered again from its start", e)
+            return None  # not JSON: as damaged as a blob without its fields
         if not isinstance(blob, dict) or blob.get("fingerprint") != self.fingerprint:
             return None
         try:
