@@ -2,6 +2,13 @@
 their storage and writes results.json, results.md and the figures next to this file.
 
     .venv/bin/python docs/results/learning-experiment/analyze.py [--main runs/learn-main] [--control runs/learn-control]
+        [--archive-to rows.json.gz]     # also keep every object it read, in one file to commit
+    .venv/bin/python docs/results/learning-experiment/analyze.py --from-archive rows.json.gz
+
+The rows live in the runs' storage; a run on a machine of its own loses them with the machine. `--archive-to`
+writes every object this analysis reads (the held-out outcomes, slimmed to the fields used here, the eval
+table, the reports, the adapter and progress records) into one gzipped JSON file small enough to commit, and
+`--from-archive` computes the same results from it.
 
 Primary endpoint: accuracy of the FINAL trained flow minus the untrained flow on the held-out questions, every
 question answered 4 times by each flow from the same sampling seeds; paired bootstrap clustered by question
@@ -11,6 +18,7 @@ question answered 4 times by each flow from the same sampling seeds; paired boot
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -26,6 +34,66 @@ from flowdpo.storage import RunLayout, open_store
 
 SET = "heldout"
 RESAMPLES = 10_000
+
+
+MAIN_ROWS = ("flow-trained", "flow-untrained", "zero-shot-sampled")
+CONTROL_ROWS = ("flow-trained",)
+# The fields of an outcome this analysis reads; the archive keeps only these.
+OUTCOME_FIELDS = ("exampleId", "correct", "answer", "gold", "endReason", "extracted", "tokens", "chunks")
+
+
+def _run_keys(rows: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(JSONL keys, JSON keys) this analysis reads from one run's storage."""
+    jsonl = [RunLayout.eval_outcomes(row, SET) for row in rows]
+    json_keys = [RunLayout.eval_table_json, f"{RunLayout.report_dir}/report.json", RunLayout.adapters_latest, RunLayout.progress]
+    return jsonl, json_keys
+
+
+def write_archive(main_store, control_store, path: Path) -> dict[str, int]:
+    """Every object the analysis reads from both runs, into one gzipped JSON file; returns the object counts.
+    A JSON object absent from a run is left out (the analysis treats it as absent); a missing outcome row
+    raises, as the analysis would."""
+    doc: dict[str, dict] = {}
+    for name, store, rows in (("main", main_store, MAIN_ROWS), ("control", control_store, CONTROL_ROWS)):
+        jsonl, json_keys = _run_keys(rows)
+        objects: dict = {k: [{f: r[f] for f in OUTCOME_FIELDS if f in r} for r in store.get_jsonl(k)] for k in jsonl}
+        for k in json_keys:
+            v = store.get_json_or(k)
+            if v is not None:
+                objects[k] = v
+        doc[name] = objects
+    data = json.dumps({"format": "flowdpo-analysis-archive/1", "set": SET, "runs": doc}, sort_keys=True).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(gzip.compress(data, mtime=0))
+    tmp.replace(path)
+    return {name: len(objs) for name, objs in doc.items()}
+
+
+class Archived:
+    """One run's objects read back from an archive, with the read methods of a store that this script uses."""
+
+    def __init__(self, objects: dict):
+        self._objects = objects
+
+    def get_jsonl(self, key: str) -> list[dict]:
+        return self._objects[key]
+
+    def get_json(self, key: str):
+        return self._objects[key]
+
+    def get_json_or(self, key: str, default=None):
+        return self._objects.get(key, default)
+
+
+def read_archive(path: Path) -> tuple[Archived, Archived]:
+    try:
+        doc = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, ValueError) as e:
+        raise SystemExit(f"{path}: not an analysis archive ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != "flowdpo-analysis-archive/1" or doc.get("set") != SET:
+        raise SystemExit(f"{path}: not an analysis archive of the {SET!r} set (format flowdpo-analysis-archive/1)")
+    return Archived(doc["runs"]["main"]), Archived(doc["runs"]["control"])
 
 
 def outcomes(store, row: str) -> dict[str, list[dict]]:
@@ -211,13 +279,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--main", default=str(ROOT / "runs/learn-main"))
     ap.add_argument("--control", default=str(ROOT / "runs/learn-control"))
+    ap.add_argument("--archive-to", type=Path, help="also write every object read into this gzipped JSON file")
+    ap.add_argument("--from-archive", type=Path, help="read both runs from an archive instead of their storage")
+    ap.add_argument("--out", type=Path, default=HERE, help="folder for results.json and results.md")
     args = ap.parse_args(argv)
-    main_store = open_store(f"file://{Path(args.main).resolve()}", create=False)
-    control_store = open_store(f"file://{Path(args.control).resolve()}", create=False)
+    if args.from_archive:
+        main_store, control_store = read_archive(args.from_archive)
+    else:
+        main_store = open_store(f"file://{Path(args.main).resolve()}", create=False)
+        control_store = open_store(f"file://{Path(args.control).resolve()}", create=False)
+        if args.archive_to:
+            counts = write_archive(main_store, control_store, args.archive_to)
+            print(f"archived {counts} objects into {args.archive_to}", file=sys.stderr)
 
-    trained, untrained = outcomes(main_store, "flow-trained"), outcomes(main_store, "flow-untrained")
-    zero_sampled = outcomes(main_store, "zero-shot-sampled")
-    control = outcomes(control_store, "flow-trained")
+    trained, untrained, zero_sampled = (outcomes(main_store, row) for row in MAIN_ROWS)
+    (control,) = (outcomes(control_store, row) for row in CONTROL_ROWS)
     table = main_store.get_json(RunLayout.eval_table_json)
     report = main_store.get_json(f"{RunLayout.report_dir}/report.json")  # written by `flowdpo report`
     control_report = control_store.get_json(f"{RunLayout.report_dir}/report.json")
@@ -281,8 +357,9 @@ def main(argv=None) -> int:
         result["control"]["controlTrainedMinusUntrained"]["ci95"],
         result["control"]["mainTrainedMinusControlTrained"]["ci95"],
     )
-    (HERE / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    (HERE / "results.md").write_text(render(result))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "results.md").write_text(render(result))
     print(json.dumps({"primary": result["primary"], "control": result["control"], "decision": result["decision"]}, indent=1))
     return 0
 

@@ -13,4 +13,5 @@ f=.venv/bin/flowdpo
 $f eval $here/run.yaml --stored-only --no-progress
 $f report $here/run.yaml --out $here/main-report
 $f report $here/control.yaml --out $here/control-report
-.venv/bin/python $here/analyze.py --main runs/learn-main --control runs/learn-control
+# --archive-to: every row the analysis reads, in one file to commit (runs/ is not in git and dies with the machine)
+.venv/bin/python $here/analyze.py --main runs/learn-main --control runs/learn-control --archive-to $here/rows.json.gz

@@ -51,4 +51,5 @@ echo "control rc=$rc_control, main flow rows rc=$rc_flows, main compile + one-pa
   $f eval $here/run.yaml --no-progress # the whole table from the stored rows
   $f report $here/run.yaml --out $here/main-report
 ) >> runs/logs/main-chain.log 2>&1 || exit 1
-.venv/bin/python $here/analyze.py --main runs/learn-main --control runs/learn-control
+# --archive-to: every row the analysis reads, in one file to commit (runs/ is not in git and dies with the machine)
+.venv/bin/python $here/analyze.py --main runs/learn-main --control runs/learn-control --archive-to $here/rows.json.gz

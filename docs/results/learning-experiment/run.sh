@@ -29,5 +29,6 @@ $f eval $here/run.yaml --no-progress
 $f eval $here/control.yaml --rows flow-trained --no-progress
 $f report $here/run.yaml --out $here/main-report
 $f report $here/control.yaml --out $here/control-report
-.venv/bin/python $here/analyze.py --main runs/learn-main --control runs/learn-control
+# --archive-to: every row the analysis reads, in one file to commit (runs/ is not in git and dies with the machine)
+.venv/bin/python $here/analyze.py --main runs/learn-main --control runs/learn-control --archive-to $here/rows.json.gz
 echo "total wall time: $(( $(date +%s) - start )) s"
