@@ -1,17 +1,31 @@
-"""The learning experiment's analysis script (docs/results/learning-experiment/analyze.py): the pre-registered
-decision rule of its PLAN.md applied to intervals, and the results page drawn from a results.json."""
+"""The learning experiment's scripts (docs/results/learning-experiment/): analyze.py's pre-registered decision
+rule of its PLAN.md applied to intervals, the results page drawn from a results.json, the archive of the rows
+it reads (so results survive the machine that computed them); figures.py's checks of the recorded numbers."""
 
 from __future__ import annotations
 
+import copy
+import gzip
 import importlib.util
+import json
 
 import pytest
 
+from flowdpo.storage import RunLayout, open_store
 from tests.support.paths import ROOT
 
-_spec = importlib.util.spec_from_file_location("analyze", ROOT / "docs/results/learning-experiment/analyze.py")
-analyze = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(analyze)
+_HERE = ROOT / "docs/results/learning-experiment"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, _HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+analyze = _load("analyze")
+figures = _load("figures")
 
 
 @pytest.mark.parametrize(
@@ -82,3 +96,101 @@ def test_results_page_states_the_estimate_the_interval_and_the_decision():
     assert "| 0-shot | 40.0% (35.0-45.0) | 160/400 |" in page
     assert "| SFT, flow-generated | - | - |" in page  # a row not evaluated yet is shown as missing, not as 0
     assert "NOT pre-registered" in page
+
+
+def _outcome_rows(n_questions: int, right_every: int) -> list[dict]:
+    rows = []
+    for q in range(n_questions):
+        for k in range(4):
+            right = (q + k) % right_every == 0
+            answer = f"So the answer is {q if right else q + 1}."
+            rows.append(
+                {"exampleId": f"q{q}", "sample": k, "answer": answer, "gold": str(q), "correct": right,
+                 "endReason": "eos", "extracted": str(q if right else q + 1), "tokens": 40, "chunks": 1,
+                 "trace": ["a field the analysis does not read"]}
+            )
+    return rows
+
+
+def _fill(store, rows_right_every: dict[str, int]) -> None:
+    for row, every in rows_right_every.items():
+        data = "".join(json.dumps(r) + "\n" for r in _outcome_rows(12, every)).encode()
+        store.put(RunLayout.eval_outcomes(row, analyze.SET), data)
+    store.put_json(RunLayout.eval_table_json, {"rows": [], "stopDiscrimination": None})
+    store.put_json(f"{RunLayout.report_dir}/report.json", {"run": "r", "progressiveAccuracy": 0.5, "baselines": {}})
+
+
+def test_an_archive_gives_the_same_results_as_the_runs_storage_and_keeps_only_what_is_read(tmp_path):
+    main_store = open_store(f"file://{tmp_path / 'main'}")
+    control_store = open_store(f"file://{tmp_path / 'control'}")
+    _fill(main_store, {"flow-trained": 2, "flow-untrained": 3, "zero-shot-sampled": 2})
+    _fill(control_store, {"flow-trained": 4})
+    archive = tmp_path / "rows.json.gz"
+    common = ["--main", str(tmp_path / "main"), "--control", str(tmp_path / "control")]
+    assert analyze.main([*common, "--archive-to", str(archive), "--out", str(tmp_path / "from-store")]) == 0
+    assert analyze.main(["--from-archive", str(archive), "--out", str(tmp_path / "from-archive")]) == 0
+
+    from_store = json.loads((tmp_path / "from-store/results.json").read_text())
+    assert json.loads((tmp_path / "from-archive/results.json").read_text()) == from_store
+    assert (tmp_path / "from-archive/results.md").read_text() == (tmp_path / "from-store/results.md").read_text()
+    # The synthetic rows differ (every 2nd vs every 3rd answer right), so the results are not trivially equal.
+    assert from_store["accuracy"]["trainedFlow"]["correct"] != from_store["accuracy"]["untrainedFlow"]["correct"]
+
+    doc = json.loads(gzip.decompress(archive.read_bytes()))
+    kept = doc["runs"]["main"][RunLayout.eval_outcomes("flow-trained", analyze.SET)][0]
+    assert "trace" not in kept and set(kept) <= set(analyze.OUTCOME_FIELDS)
+    assert RunLayout.adapters_latest not in doc["runs"]["main"]  # absent in the run: absent in the archive
+
+
+def test_an_archive_of_a_run_without_a_row_is_refused_and_a_damaged_archive_is_named(tmp_path):
+    main_store = open_store(f"file://{tmp_path / 'main'}")
+    control_store = open_store(f"file://{tmp_path / 'control'}")
+    _fill(main_store, {"flow-trained": 2, "flow-untrained": 3})  # no zero-shot-sampled row
+    _fill(control_store, {"flow-trained": 4})
+    with pytest.raises(KeyError):
+        analyze.write_archive(main_store, control_store, tmp_path / "rows.json.gz")
+    assert not (tmp_path / "rows.json.gz").exists()
+
+    bad = tmp_path / "bad.json.gz"
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(SystemExit, match="bad.json.gz: not an analysis archive"):
+        analyze.main(["--from-archive", str(bad), "--out", str(tmp_path / "out")])
+    bad.write_bytes(gzip.compress(json.dumps({"format": "something else"}).encode()))
+    with pytest.raises(SystemExit, match="not an analysis archive of the 'heldout' set"):
+        analyze.main(["--from-archive", str(bad), "--out", str(tmp_path / "out")])
+
+
+def _recorded() -> dict:
+    return json.loads((_HERE / "recorded.json").read_text())
+
+
+def test_the_recorded_numbers_agree_with_each_other():
+    assert figures.check(_recorded()) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "names"),
+    [
+        (lambda r: r["heldout"]["rows"]["trainedFlow"].update(correct=770), "trainedFlow"),  # Wilson and primary disagree
+        (lambda r: r["heldout"]["differences"][0].update(difference=0.21, ci95=[0.18, 0.24]), "primary"),
+        (lambda r: r["compile"]["differences"][0].update(ci95=[0.06, 0.09]), "outside its interval"),
+        (lambda r: r["ends"]["untrainedFlow"].update(stop=[839, 36]), "ends of untrainedFlow"),
+        (lambda r: r["behaviourMain"][0].update(accuracy=0.59), "per-quarter"),
+    ],
+)
+def test_a_transcription_error_in_the_recorded_numbers_is_caught(edit, names):
+    rec = copy.deepcopy(_recorded())
+    edit(rec)
+    problems = figures.check(rec)
+    assert problems and any(names in p for p in problems), problems
+
+
+def test_figures_are_drawn_from_the_recorded_numbers(tmp_path):
+    assert figures.main(["--out", str(tmp_path)]) == 0
+    for name in ("results.png", "behaviour.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rec = copy.deepcopy(_recorded())
+    rec["compile"]["rows"]["zeroShot"]["correct"] = 210
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rec))
+    assert figures.main(["--recorded", str(bad), "--out", str(tmp_path / "none")]) == 1
