@@ -222,6 +222,22 @@ def render_endpoints_markdown(e: dict[str, Any]) -> str:
 
 
 # -- figure ----------------------------------------------------------------------------------------
+def draw_differences(ax, items: list[tuple[str, float, list[float] | None]], fontsize: float = 7) -> None:
+    """A forest plot on `ax`: one row per (label, difference, 95% interval), first item on top, in points;
+    green where the interval lies above zero, red below, grey where it includes zero."""
+    for y, (_, diff, ci) in enumerate(reversed(items)):
+        lo, hi = ci or (diff, diff)
+        color = "C2" if lo > 0 else "C3" if hi < 0 else "0.4"
+        ax.plot([100 * lo, 100 * hi], [y, y], color=color, lw=2.5)
+        ax.plot([100 * diff], [y], "o", color=color, ms=7)
+        ax.annotate(f"{100 * diff:+.1f}", (100 * diff, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.axvline(0, color="k", lw=0.8, ls="--")
+    ax.set_yticks(range(len(items)), [label for label, _, _ in reversed(items)], fontsize=fontsize)
+    ax.grid(True, axis="x", alpha=0.25)
+    if items:
+        ax.set_ylim(-0.7, len(items) - 0.3)
+
+
 def render_endpoints_figure(e: dict[str, Any], run: str) -> bytes:
     """Three panels: the paired differences with their intervals, the Stop ROC curves, how answers end."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -232,30 +248,13 @@ def render_endpoints_figure(e: dict[str, Any], run: str) -> bytes:
     ax_d, ax_roc, ax_end = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
 
     comps = [(s["set"], c) for s in e["sets"] for c in s["comparisons"]]
-    for y, (set_id, c) in enumerate(reversed(comps)):
-        ci = c.get("ci95") or [c["difference"], c["difference"]]
-        color = "C2" if ci[0] > 0 else "C3" if ci[1] < 0 else "0.4"
-        ax_d.plot([100 * ci[0], 100 * ci[1]], [y, y], color=color, lw=2.5)
-        ax_d.plot([100 * c["difference"]], [y], "o", color=color, ms=7)
-        ax_d.annotate(
-            f"{100 * c['difference']:+.1f}",
-            (100 * c["difference"], y),
-            textcoords="offset points",
-            xytext=(0, 7),
-            ha="center",
-            fontsize=8,
-        )
-    ax_d.axvline(0, color="k", lw=0.8, ls="--")
-    ax_d.set_yticks(
-        range(len(comps)),
-        [f"{c['firstLabel']}\nminus {c['secondLabel']}\n({s})" for s, c in reversed(comps)],
+    draw_differences(
+        ax_d,
+        [(f"{c['firstLabel']}\nminus {c['secondLabel']}\n({s})", c["difference"], c.get("ci95")) for s, c in comps],
         fontsize=7,
     )
     ax_d.set_xlabel("accuracy difference, pp (95% CI, clustered by question)")
     ax_d.set_title("paired differences on held-out questions", fontsize=10)
-    ax_d.grid(True, axis="x", alpha=0.25)
-    if comps:
-        ax_d.set_ylim(-0.7, len(comps) - 0.3)
 
     st = e.get("stop") or {}
     ax_roc.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="no discrimination")

@@ -17,6 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
+from flowdpo.report.endpoints import draw_differences
 from flowdpo.report.render import render_behaviour_figure
 from flowdpo.report.stats import wilson_interval
 
@@ -80,28 +81,13 @@ def results_figure(rec: dict) -> bytes:
     }
 
     diffs = rec["heldout"]["differences"] + rec["compile"]["differences"]
-    for y, d in enumerate(reversed(diffs)):
-        lo, hi = d["ci95"]
-        color = "C2" if lo > 0 else "C3" if hi < 0 else "0.4"
-        ax_d.plot([100 * lo, 100 * hi], [y, y], color=color, lw=2.5)
-        ax_d.plot([100 * d["difference"]], [y], "o", color=color, ms=7)
-        ax_d.annotate(
-            f"{100 * d['difference']:+.1f}",
-            (100 * d["difference"], y),
-            textcoords="offset points",
-            xytext=(0, 7),
-            ha="center",
-            fontsize=8,
-        )
-    ax_d.axvline(0, color="k", lw=0.8, ls="--")
-    ax_d.set_yticks(
-        range(len(diffs)),
-        [f"{labels[d['first']]}\nminus {labels[d['second']]}\n[{d['endpoint']}]" for d in reversed(diffs)],
+    draw_differences(
+        ax_d,
+        [(f"{labels[d['first']]}\nminus {labels[d['second']]}\n[{d['endpoint']}]", d["difference"], d["ci95"]) for d in diffs],
         fontsize=6.5,
     )
     ax_d.set_xlabel("accuracy difference, points (95% CI)")
     ax_d.set_title("paired differences, 400 held-out questions", fontsize=10)
-    ax_d.grid(True, axis="x", alpha=0.25)
 
     bars = [(labels[k], r) for k, r in rec["heldout"]["rows"].items()] + [
         (labels[k], r) for k, r in rec["compile"]["rows"].items()
