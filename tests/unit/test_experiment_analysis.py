@@ -155,9 +155,17 @@ def test_an_archive_of_a_run_without_a_row_is_refused_and_a_damaged_archive_is_n
     bad.write_bytes(b"not gzip")
     with pytest.raises(SystemExit, match="bad.json.gz: not an analysis archive"):
         analyze.main(["--from-archive", str(bad), "--out", str(tmp_path / "out")])
-    bad.write_bytes(gzip.compress(json.dumps({"format": "something else"}).encode()))
-    with pytest.raises(SystemExit, match="not an analysis archive of the 'heldout' set"):
-        analyze.main(["--from-archive", str(bad), "--out", str(tmp_path / "out")])
+    for doc in (
+        {"format": "something else"},
+        [1, 2],
+        {"format": "flowdpo-analysis-archive/1", "set": "heldout", "runs": {"main": {}}},  # no control run
+    ):
+        bad.write_bytes(gzip.compress(json.dumps(doc).encode()))
+        with pytest.raises(SystemExit, match="not an analysis archive of the 'heldout' set"):
+            analyze.main(["--from-archive", str(bad), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="missing.json.gz: not an analysis archive"):
+        analyze.main(["--from-archive", str(tmp_path / "missing.json.gz"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def _recorded() -> dict:
@@ -194,3 +202,24 @@ def test_figures_are_drawn_from_the_recorded_numbers(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(rec))
     assert figures.main(["--recorded", str(bad), "--out", str(tmp_path / "none")]) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read it as JSON"),  # no such file
+        ("{not json", "cannot read it as JSON"),
+        ("[1, 2]", "not a recorded-results file"),
+        ('{"heldout": {}}', "not a recorded-results file"),
+    ],
+)
+def test_a_bad_recorded_file_is_refused_with_its_name_and_nothing_is_drawn(tmp_path, capsys, content, message):
+    path = tmp_path / "recorded.json"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert figures.main(["--recorded", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err
+    assert list(out.iterdir()) == []

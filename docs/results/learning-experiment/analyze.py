@@ -40,12 +40,13 @@ MAIN_ROWS = ("flow-trained", "flow-untrained", "zero-shot-sampled")
 CONTROL_ROWS = ("flow-trained",)
 # The fields of an outcome this analysis reads; the archive keeps only these.
 OUTCOME_FIELDS = ("exampleId", "correct", "answer", "gold", "endReason", "extracted", "tokens", "chunks")
+REPORT_JSON = f"{RunLayout.report_dir}/report.json"  # written by `flowdpo report`
 
 
 def _run_keys(rows: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(JSONL keys, JSON keys) this analysis reads from one run's storage."""
     jsonl = [RunLayout.eval_outcomes(row, SET) for row in rows]
-    json_keys = [RunLayout.eval_table_json, f"{RunLayout.report_dir}/report.json", RunLayout.adapters_latest, RunLayout.progress]
+    json_keys = [RunLayout.eval_table_json, REPORT_JSON, RunLayout.adapters_latest, RunLayout.progress]
     return jsonl, json_keys
 
 
@@ -91,9 +92,15 @@ def read_archive(path: Path) -> tuple[Archived, Archived]:
         doc = json.loads(gzip.decompress(path.read_bytes()))
     except (OSError, EOFError, ValueError) as e:
         raise SystemExit(f"{path}: not an analysis archive ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != "flowdpo-analysis-archive/1" or doc.get("set") != SET:
+    runs = doc.get("runs") if isinstance(doc, dict) else None
+    if (
+        not isinstance(runs, dict)
+        or not all(isinstance(runs.get(name), dict) for name in ("main", "control"))
+        or doc.get("format") != "flowdpo-analysis-archive/1"
+        or doc.get("set") != SET
+    ):
         raise SystemExit(f"{path}: not an analysis archive of the {SET!r} set (format flowdpo-analysis-archive/1)")
-    return Archived(doc["runs"]["main"]), Archived(doc["runs"]["control"])
+    return Archived(runs["main"]), Archived(runs["control"])
 
 
 def outcomes(store, row: str) -> dict[str, list[dict]]:
@@ -295,8 +302,8 @@ def main(argv=None) -> int:
     trained, untrained, zero_sampled = (outcomes(main_store, row) for row in MAIN_ROWS)
     (control,) = (outcomes(control_store, row) for row in CONTROL_ROWS)
     table = main_store.get_json(RunLayout.eval_table_json)
-    report = main_store.get_json(f"{RunLayout.report_dir}/report.json")  # written by `flowdpo report`
-    control_report = control_store.get_json(f"{RunLayout.report_dir}/report.json")
+    report = main_store.get_json(REPORT_JSON)
+    control_report = control_store.get_json(REPORT_JSON)
 
     primary = compare(trained, untrained)
     result = {

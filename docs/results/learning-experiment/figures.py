@@ -83,7 +83,14 @@ def results_figure(rec: dict) -> bytes:
     diffs = rec["heldout"]["differences"] + rec["compile"]["differences"]
     draw_differences(
         ax_d,
-        [(f"{labels[d['first']]}\nminus {labels[d['second']]}\n[{d['endpoint']}]", d["difference"], d["ci95"]) for d in diffs],
+        [
+            (
+                f"{labels[d['first']]}\nminus {labels[d['second']]}\n[{d['endpoint']}]",
+                d["difference"],
+                d["ci95"],
+            )
+            for d in diffs
+        ],
         fontsize=6.5,
     )
     ax_d.set_xlabel("accuracy difference, points (95% CI)")
@@ -135,8 +142,18 @@ def main(argv=None) -> int:
     ap.add_argument("--recorded", default=str(HERE / "recorded.json"))
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args(argv)
-    rec = json.loads(Path(args.recorded).read_text())
-    problems = check(rec)
+    try:
+        rec = json.loads(Path(args.recorded).read_text())
+        problems = check(rec)
+    except (OSError, ValueError) as e:
+        print(f"{args.recorded}: cannot read it as JSON ({e})", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError) as e:
+        print(
+            f"{args.recorded}: not a recorded-results file like recorded.json ({type(e).__name__}: {e})",
+            file=sys.stderr,
+        )
+        return 1
     if problems:
         print("recorded.json is inconsistent:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
